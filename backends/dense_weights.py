@@ -1,0 +1,63 @@
+"""Weights of the full-precision engine: every matrix dequantized to float32 or bfloat16."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backends.checkpoint import Checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class DenseLinear(nn.Module):
+    """y = x W^T (+ b), with W [out, in] in the engine's dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
+class DenseEmbedding(nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class DenseWeights:
+    """A WeightSource that converts each tensor once; tied embeddings share one tensor."""
+
+    def __init__(self, checkpoint: Checkpoint, dtype: str = "float32") -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.checkpoint = checkpoint
+        self.dtype = DTYPES[dtype]
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _matrix(self, name: str) -> torch.Tensor:
+        if name not in self._cache:
+            self._cache[name] = self.checkpoint.dense(name).to(self.dtype).contiguous()
+        return self._cache[name]
+
+    def has(self, name: str) -> bool:
+        return self.checkpoint.has(name + ".weight")
+
+    def linear(self, name: str) -> nn.Module:
+        bias = None
+        if self.checkpoint.has(name + ".bias"):
+            bias = self.checkpoint.dense(name + ".bias").to(self.dtype)
+        return DenseLinear(self._matrix(name + ".weight"), bias)
+
+    def embedding(self, name: str) -> nn.Module:
+        return DenseEmbedding(self._matrix(name + ".weight"))
+
+    def vector(self, name: str) -> torch.Tensor:
+        return self.checkpoint.dense(name + ".weight")

@@ -1,0 +1,106 @@
+"""An in-process engine: one model, its paged KV cache, a continuous-batching scheduler.
+
+    engine.add_request(prompt_token_ids, params) -> request_id
+    engine.step() -> [StepOutput, ...]     # one batched forward pass over every running request
+    engine.abort(request_id)
+
+Not thread-safe: one thread (the gateway's engine loop) owns it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from backends.block_pool import BlockPool
+from backends.engine_config import EngineConfig
+from backends.model_config import ModelConfig
+from backends.model_runner import ModelRunner
+from backends.outputs import StepOutput
+from backends.paged_kv_cache import PagedKVCache
+from backends.sampling_params import SamplingParams
+from backends.scheduler import SchedulerConfig, Scheduler
+from backends.sequence import Sequence
+
+if TYPE_CHECKING:
+    from backends.tokenizer import Tokenizer
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, model: nn.Module,
+                 tokenizer: Tokenizer, kv_dtype: torch.dtype) -> None:
+        self.config = config
+        self.name = config.name
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.max_model_len = min(config.max_model_len, model_config.max_position_embeddings)
+        block_bytes = PagedKVCache.bytes_per_block(model_config, config.block_size, kv_dtype)
+        num_blocks = config.kv_cache_bytes // block_bytes
+        if num_blocks < 1:
+            raise ValueError(f"backend {config.name!r}: kv_cache_bytes={config.kv_cache_bytes} is "
+                             f"smaller than one KV block ({block_bytes} bytes)")
+        self.kv_cache = PagedKVCache(model_config, num_blocks, config.block_size, kv_dtype)
+        self.pool = BlockPool(num_blocks)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.block_size, config.max_num_batched_tokens, config.max_num_seqs,
+                            self.max_model_len),
+            self.pool, frozenset(tokenizer.eos_token_ids))
+        self.runner = ModelRunner(model, self.kv_cache)
+        self._arrivals = itertools.count()
+
+    def add_request(self, prompt_token_ids: list[int], sampling_params: SamplingParams,
+                    request_id: str | None = None) -> str:
+        if not prompt_token_ids:
+            raise ValueError("prompt must contain at least one token")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        request_id = request_id or uuid.uuid4().hex
+        seq = Sequence(request_id, prompt_token_ids, sampling_params, next(self._arrivals))
+        self.scheduler.add(seq)
+        return request_id
+
+    def step(self) -> list[StepOutput]:
+        scheduled = self.scheduler.schedule()
+        sampled = self.runner.run(scheduled) if scheduled else {}
+        return self.scheduler.update(scheduled, sampled)
+
+    def abort(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def generate(self, prompt_token_ids: list[int], sampling_params: SamplingParams) -> list[int]:
+        """Run one request to completion (tests, benchmarks, the CLI); other requests may share steps."""
+        request_id = self.add_request(prompt_token_ids, sampling_params)
+        tokens: list[int] = []
+        while True:
+            for out in self.step():
+                if out.request_id == request_id:
+                    tokens.extend(out.new_token_ids)
+                    if out.finished:
+                        return tokens
+
+    def score(self, token_ids: list[int], chunk_size: int = 512) -> torch.Tensor:
+        """Teacher-forced logits [len(token_ids), vocab] (float32) through the same paged path."""
+        if not 0 < len(token_ids) <= self.max_model_len:
+            raise ValueError(f"need 1..{self.max_model_len} tokens, got {len(token_ids)}")
+        num_blocks = -(-len(token_ids) // self.config.block_size)
+        if not self.pool.can_allocate(num_blocks):
+            raise MemoryError("not enough free KV blocks to score this text")
+        table = self.pool.allocate(num_blocks)
+        try:
+            chunks = []
+            for start in range(0, len(token_ids), chunk_size):
+                ids = token_ids[start:start + chunk_size]
+                hidden, _ = self.runner.forward(ids, [len(ids)], [start + len(ids)], [table])
+                with torch.inference_mode():
+                    chunks.append(self.runner.model.compute_logits(hidden))
+            return torch.cat(chunks)
+        finally:
+            self.pool.free(table)

@@ -1,0 +1,43 @@
+"""Self-attention with grouped KV heads, optional QK-norm, RoPE and a paged KV cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from backends.attention_metadata import AttentionMetadata
+from backends.model_config import ModelConfig
+from backends.models.layers import RMSNorm, RotaryEmbedding, WeightSource
+from backends.paged_attention import paged_attention
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int, weights: WeightSource,
+                 rope: RotaryEmbedding, qk_norm: bool, sliding_window: int | None) -> None:
+        super().__init__()
+        prefix = f"blk.{layer_index}."
+        self.q_proj = weights.linear(prefix + "attn_q")
+        self.k_proj = weights.linear(prefix + "attn_k")
+        self.v_proj = weights.linear(prefix + "attn_v")
+        self.o_proj = weights.linear(prefix + "attn_output")
+        self.q_norm = RMSNorm(weights.vector(prefix + "attn_q_norm"), config.rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(weights.vector(prefix + "attn_k_norm"), config.rms_norm_eps) if qk_norm else None
+        self.rope = rope
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.scale = config.attention_scale if config.attention_scale is not None else config.head_dim ** -0.5
+        self.sliding_window = sliding_window
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = self.rope(q, meta.positions)
+        k = self.rope(k, meta.positions)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))

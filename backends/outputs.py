@@ -1,0 +1,27 @@
+"""What an engine step hands back to its caller (the gateway's engine loop)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"  # EOS, a stop token id (or, later, a stop string)
+    LENGTH = "length"  # max_tokens reached, or the model's context is full
+    ABORTED = "aborted"  # abort() was called (client cancel, deadline)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """New tokens of one request produced by one engine step."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]  # tokens generated this step (empty for a prefill-only chunk)
+    finish_reason: FinishReason | None  # set on the request's last output
+    num_prompt_tokens: int  # prompt length, for usage accounting
+    num_cached_prompt_tokens: int  # prompt tokens served from the prefix cache
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
