@@ -86,7 +86,7 @@ class GGUFCheckpoint(Checkpoint):
 
     def raw(self, name: str) -> RawTensor:
         t = self.file.tensor(name)
-        data = torch.from_numpy(np.ascontiguousarray(t.data))
+        data = torch.from_numpy(t.data)
         if t.ggml_type in _DENSE_TYPES and data.dtype == torch.uint8:
             data = data.view(_DENSE_TYPES[t.ggml_type])
         row_order = getattr(self.arch, "gguf_row_order", None)

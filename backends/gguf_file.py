@@ -32,7 +32,8 @@ class GGUFFile:
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"GGUF file not found: {self.path}")
         try:
-            self._reader = GGUFReader(self.path, "r")
+            # Copy-on-write map: tensors view the file without copies and torch accepts them as writable.
+            self._reader = GGUFReader(self.path, "c")
         except (ValueError, OSError) as exc:
             raise ValueError(f"{self.path} is not a readable GGUF file: {exc}") from exc
         self.metadata: dict[str, Any] = {
