@@ -1,0 +1,115 @@
+"""The grpc.aio server: Gateway service, grpc.health.v1, reflection; start, load, drain.
+
+    routegate serve                       # the CLI entry; see gateway/cli.py
+    asyncio.run(serve(GatewayConfig()))   # the same from Python
+
+Start-up order: the port is bound first (health NOT_SERVING, Generate UNAVAILABLE), then the
+backends load on a worker thread, then health turns SERVING for "" and for each backend name.
+On SIGTERM/SIGINT health turns NOT_SERVING, in-flight requests get ``grace_period_s`` to finish,
+and the engine thread is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from backends.engine import Engine
+from backends.engine_config import EngineConfig
+from backends.loader import load_engines
+from gateway.config import GatewayConfig
+from gateway.engine_loop import EngineLoop
+from gateway.errors import ErrorInterceptor
+from gateway.generation_service import GenerationService
+from gateway.proto_gen.routegate.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.servicer import GatewayServicer
+
+logger = logging.getLogger(__name__)
+
+# Builds the engines of a list of backends, all sharing one KV pool of the given bytes.
+EngineLoader = Callable[[list[EngineConfig], int | None], dict[str, Engine]]
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name  # routegate.v1.Gateway
+
+
+class GatewayServer:
+    """One gateway process: the gRPC server plus the engines it serves."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.port: int | None = None  # the bound port, known after start()
+        self.engines: dict[str, Engine] = {}  # backend name -> engine, filled by load_backends()
+        self._server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        self._servicer = GatewayServicer()
+        self._health = health.aio.HealthServicer()
+        self._engine_loop: EngineLoop | None = None
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self._servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+
+    async def start(self) -> int:
+        """Bind and start serving (not yet ready); return the bound port."""
+        address = f"{self.config.host}:{self.config.port}"
+        port = self._server.add_insecure_port(address)
+        if port == 0:
+            raise RuntimeError(f"could not bind {address}")
+        self.port = port
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        logger.info("listening on %s:%d; loading %d backend(s)", self.config.host, port, len(self.config.backends))
+        return port
+
+    async def load_backends(self, loader: EngineLoader = load_engines) -> None:
+        """Load every backend's engine (one shared KV pool), start the engine thread, turn SERVING."""
+        start = asyncio.get_running_loop().time()
+        configs = [backend.engine for backend in self.config.backends]
+        self.engines = await asyncio.to_thread(loader, configs, self.config.kv_cache_bytes)
+        logger.info("loaded %s in %.1f s", ", ".join(self.engines), asyncio.get_running_loop().time() - start)
+        self._engine_loop = EngineLoop(self.engines)
+        self._engine_loop.start()
+        self._servicer.service = GenerationService(self.engines, self._engine_loop, self.config.default_backend)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving %s on port %d", ", ".join(self.engines), self.port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Turn health NOT_SERVING, let in-flight calls finish for ``grace`` s, stop the engines."""
+        grace = self.config.grace_period_s if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if self._engine_loop is not None:
+            await asyncio.to_thread(self._engine_loop.stop)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *(b.name for b in self.config.backends)):
+            await self._health.set(name, status)
+
+
+async def serve(config: GatewayConfig) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain and return."""
+    server = GatewayServer(config)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    loading = asyncio.create_task(server.load_backends())
+    stopping = asyncio.create_task(stop_requested.wait())
+    try:
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            loading.result()  # a backend that fails to load ends the process with its error
+            await stopping
+        logger.info("stopping: draining in-flight requests for up to %.0f s", config.grace_period_s)
+    finally:
+        loading.cancel()
+        stopping.cancel()
+        await server.stop()
+        logger.info("stopped")
