@@ -2,6 +2,7 @@
 #
 #   make serve   create .venv if missing, install (only when pyproject.toml changed), start the gateway
 #   make test    same install step, then the whole test suite
+#   make reference  the slow tests that load HF transformers itself (the fixtures' source)
 #   make proto   regenerate the committed gRPC stubs in gateway/proto_gen/
 #   make bench   run the benchmark scripts in bench/ (every bench/*.py not starting with _)
 
@@ -14,7 +15,7 @@ SERVE_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: serve test proto bench install
+.PHONY: serve test reference proto bench install
 
 install: $(STAMP)
 
@@ -31,6 +32,9 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+reference: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m reference
 
 proto: $(STAMP)
 	$(VENV)/bin/python proto/generate.py

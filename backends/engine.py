@@ -1,4 +1,4 @@
-"""An in-process engine: one model, its paged KV cache, a continuous-batching scheduler.
+"""An in-process engine: one model, its view of the shared KV pool, a continuous-batching scheduler.
 
     engine.add_request(prompt_token_ids, params) -> request_id
     engine.step() -> [StepOutput, ...]     # one batched forward pass over every running request
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from backends.block_pool import BlockPool
 from backends.engine_config import EngineConfig
+from backends.kv_pool import KVLayout, KVPool
 from backends.model_config import ModelConfig
 from backends.model_runner import ModelRunner
 from backends.outputs import StepOutput
 from backends.paged_kv_cache import PagedKVCache
 from backends.sampling_params import SamplingParams
-from backends.scheduler import SchedulerConfig, Scheduler
+from backends.scheduler import Scheduler, SchedulerConfig
 from backends.sequence import Sequence
 
 if TYPE_CHECKING:
@@ -32,23 +32,21 @@ if TYPE_CHECKING:
 
 class Engine:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, model: nn.Module,
-                 tokenizer: Tokenizer, kv_dtype: torch.dtype) -> None:
+                 tokenizer: "Tokenizer", pool: KVPool, layout: KVLayout, fingerprint: str) -> None:
         self.config = config
         self.name = config.name
         self.model_config = model_config
         self.tokenizer = tokenizer
+        self.pool = pool
         self.max_model_len = min(config.max_model_len, model_config.max_position_embeddings)
-        block_bytes = PagedKVCache.bytes_per_block(model_config, config.block_size, kv_dtype)
-        num_blocks = config.kv_cache_bytes // block_bytes
-        if num_blocks < 1:
-            raise ValueError(f"backend {config.name!r}: kv_cache_bytes={config.kv_cache_bytes} is "
-                             f"smaller than one KV block ({block_bytes} bytes)")
-        self.kv_cache = PagedKVCache(model_config, num_blocks, config.block_size, kv_dtype)
-        self.pool = BlockPool(num_blocks)
+        self.kv_cache = PagedKVCache(pool, layout)
+        self.block_size = self.kv_cache.block_size
+        # The fingerprint keys prefix hashes: same weights, engine, KV dtype and page shape only.
+        self.fingerprint = f"{fingerprint}:{config.engine}:{layout.dtype}:{self.block_size}"
         self.scheduler = Scheduler(
-            SchedulerConfig(config.block_size, config.max_num_batched_tokens, config.max_num_seqs,
-                            self.max_model_len),
-            self.pool, frozenset(tokenizer.eos_token_ids))
+            SchedulerConfig(self.block_size, config.max_num_batched_tokens, config.max_num_seqs,
+                            self.max_model_len, config.enable_prefix_caching),
+            pool.blocks, frozenset(tokenizer.eos_token_ids), self.fingerprint)
         self.runner = ModelRunner(model, self.kv_cache)
         self._arrivals = itertools.count()
 
@@ -65,9 +63,9 @@ class Engine:
         return request_id
 
     def step(self) -> list[StepOutput]:
-        scheduled = self.scheduler.schedule()
-        sampled = self.runner.run(scheduled) if scheduled else {}
-        return self.scheduler.update(scheduled, sampled)
+        step = self.scheduler.schedule()
+        sampled = self.runner.run(step) if step.scheduled else {}
+        return self.scheduler.update(step, sampled)
 
     def abort(self, request_id: str) -> None:
         self.scheduler.abort(request_id)
@@ -90,11 +88,12 @@ class Engine:
         """Teacher-forced logits [len(token_ids), vocab] (float32) through the same paged path."""
         if not 0 < len(token_ids) <= self.max_model_len:
             raise ValueError(f"need 1..{self.max_model_len} tokens, got {len(token_ids)}")
-        num_blocks = -(-len(token_ids) // self.config.block_size)
-        if not self.pool.can_allocate(num_blocks):
+        num_blocks = -(-len(token_ids) // self.block_size)
+        if not self.pool.blocks.can_allocate(num_blocks):
             raise MemoryError("not enough free KV blocks to score this text")
-        table = self.pool.allocate(num_blocks)
+        table = self.pool.blocks.allocate(num_blocks)
         try:
+            self.kv_cache.zero_blocks(table)
             chunks = []
             for start in range(0, len(token_ids), chunk_size):
                 ids = token_ids[start:start + chunk_size]
@@ -103,4 +102,4 @@ class Engine:
                     chunks.append(self.runner.model.compute_logits(hidden))
             return torch.cat(chunks)
         finally:
-            self.pool.free(table)
+            self.pool.blocks.free(table[::-1])

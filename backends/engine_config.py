@@ -15,10 +15,9 @@ class EngineConfig:
     engine: str = "full_precision"  # which engine runs it
     dtype: str = "float32"  # weights and activations of the full-precision engine
     max_model_len: int = 2048  # prompt + completion tokens; capped at the model's context
-    kv_cache_bytes: int = 512 * 1024 * 1024  # this engine's KV pool budget
-    block_size: int = 16  # tokens per KV block
     max_num_batched_tokens: int = 512  # tokens per engine step (prefill chunks + decodes)
     max_num_seqs: int = 64  # sequences per engine step
+    enable_prefix_caching: bool = True  # reuse KV blocks of identical prompt prefixes
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -29,6 +28,6 @@ class EngineConfig:
             raise ValueError(f"backend {self.name!r}: engine must be one of {ENGINE_KINDS}, got {self.engine!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"backend {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
-        for field in ("max_model_len", "kv_cache_bytes", "block_size", "max_num_batched_tokens", "max_num_seqs"):
+        for field in ("max_model_len", "max_num_batched_tokens", "max_num_seqs"):
             if getattr(self, field) < 1:
                 raise ValueError(f"backend {self.name!r}: {field} must be >= 1, got {getattr(self, field)}")

@@ -1,17 +1,17 @@
-"""Build an Engine from an EngineConfig: find the weights, the tokenizer and the model class."""
+"""Build engines from EngineConfigs: find the weights, tokenizers and model classes, and cut one
+KV pool for all of them."""
 
 from __future__ import annotations
 
 import os
 import time
 
-import torch
-
 from backends import bundled_models, models
-from backends.checkpoint import GGUFCheckpoint, open_checkpoint
+from backends.checkpoint import Checkpoint, GGUFCheckpoint, open_checkpoint
 from backends.dense_weights import DTYPES, DenseWeights
 from backends.engine import Engine
 from backends.engine_config import EngineConfig
+from backends.kv_pool import KVLayout, KVPool, default_kv_cache_bytes
 from backends.tokenizer import Tokenizer
 
 BUNDLED_PREFIX = "bundled:"
@@ -31,9 +31,29 @@ def resolve_model_path(model: str) -> str:
     return os.path.expanduser(model)
 
 
-def load_engine(config: EngineConfig) -> Engine:
+def load_engines(configs: list[EngineConfig], kv_cache_bytes: int | None = None) -> dict[str, Engine]:
+    """Engines by name, all allocating KV blocks from one pool of kv_cache_bytes."""
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"backend names must be unique, got {names}")
     started = time.perf_counter()
-    checkpoint = open_checkpoint(resolve_model_path(config.model))
+    checkpoints = [open_checkpoint(resolve_model_path(c.model)) for c in configs]
+    layouts = [KVLayout.of(ck.config, DTYPES[c.dtype]) for c, ck in zip(configs, checkpoints)]
+    pool = KVPool(layouts, kv_cache_bytes or default_kv_cache_bytes())
+    engines = {}
+    for config, checkpoint, layout in zip(configs, checkpoints, layouts):
+        engines[config.name] = _build(config, checkpoint, layout, pool)
+        engines[config.name].load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+    return engines
+
+
+def load_engine(config: EngineConfig, kv_cache_bytes: int | None = None) -> Engine:
+    """One engine with a pool of its own (tests, benchmarks, the CLI)."""
+    return load_engines([config], kv_cache_bytes)[config.name]
+
+
+def _build(config: EngineConfig, checkpoint: Checkpoint, layout: KVLayout, pool: KVPool) -> Engine:
     if isinstance(checkpoint, GGUFCheckpoint):
         tokenizer = Tokenizer.from_gguf_metadata(checkpoint.file.metadata)
     else:
@@ -42,7 +62,4 @@ def load_engine(config: EngineConfig) -> Engine:
     model_class = models.MODEL_CLASSES[checkpoint.config.architecture]
     max_len = min(config.max_model_len, checkpoint.config.max_position_embeddings)
     model = model_class(checkpoint.config, weights, max_positions=max_len).eval()
-    engine = Engine(config, checkpoint.config, model, tokenizer, kv_dtype=DTYPES[config.dtype])
-    engine.checkpoint = checkpoint
-    engine.load_seconds = time.perf_counter() - started
-    return engine
+    return Engine(config, checkpoint.config, model, tokenizer, pool, layout, checkpoint.fingerprint)

@@ -7,14 +7,16 @@ from torch import nn
 
 from backends.attention_metadata import AttentionMetadata
 from backends.paged_kv_cache import PagedKVCache
-from backends.sampler import sample
-from backends.scheduler import ScheduledSeq
+from backends.sampler import SamplingRow, sample
+from backends.scheduler import SchedulerOutput
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module, kv_cache: PagedKVCache) -> None:
+    def __init__(self, model: nn.Module, kv_cache: PagedKVCache,
+                 eos_token_ids: frozenset[int] = frozenset()) -> None:
         self.model = model
         self.kv_cache = kv_cache
+        self.eos_token_ids = eos_token_ids  # masked by the sampler until min_tokens are generated
 
     def forward(self, input_ids: list[int], num_new: list[int], context_lens: list[int],
                 block_tables: list[list[int]]) -> tuple[torch.Tensor, AttentionMetadata]:
@@ -24,8 +26,10 @@ class ModelRunner:
             hidden = self.model(torch.tensor(input_ids, dtype=torch.int64), meta, self.kv_cache.layers)
         return hidden, meta
 
-    def run(self, scheduled: list[ScheduledSeq]) -> dict[str, int]:
+    def run(self, step: SchedulerOutput) -> dict[str, int]:
         """Run one step; return the sampled token of every sequence whose chunk reached its end."""
+        self.kv_cache.zero_blocks(step.new_block_ids)
+        scheduled = step.scheduled
         input_ids: list[int] = []
         for item in scheduled:
             start = item.seq.num_computed_tokens
@@ -43,5 +47,6 @@ class ModelRunner:
         with torch.inference_mode():
             logits = self.model.compute_logits(hidden[last])
         seqs = [scheduled[i].seq for i in sampling]
-        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        return {s.request_id: t for s, t in zip(seqs, tokens)}
+        rows = [SamplingRow(s.params, s.generator, s.prompt_token_ids, s.output_token_ids) for s in seqs]
+        out = sample(logits, rows, self.eos_token_ids)
+        return {s.request_id: t for s, t in zip(seqs, out.token_ids)}

@@ -1,30 +1,28 @@
-"""The paged K/V tensors of one engine.
+"""One engine's view of the shared KV pages.
 
-Layout: one page per block holding every layer's K and V for `block_size` tokens,
+    data[page, layer, 0 = K | 1 = V, slot in block, kv_head, head_dim]
 
-    data[block, layer, 0 = K | 1 = V, slot in block, kv_head, head_dim]
-
-so a block is one contiguous run of bytes: it can be copied to or from another tier (Redis)
-in one piece, and pages of engines with different models can later share one byte budget.
+A page holds every layer's K and V for `block_size` tokens: one contiguous run of bytes that
+can be copied to or from another tier (Redis) in one piece.
 """
 
 from __future__ import annotations
 
 import torch
 
-from backends.model_config import ModelConfig
+from backends.kv_pool import KVLayout, KVPool
 
 
 class PagedKVCache:
-    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
-        self.block_size = block_size
-        self.num_blocks = num_blocks
-        self.data = torch.zeros(num_blocks, config.num_layers, 2, block_size, config.num_kv_heads,
-                                config.head_dim, dtype=dtype)
-        # Per-layer (K, V) views [num_blocks, block_size, kv_heads, head_dim]; no copies.
-        self.layers = [(self.data[:, i, 0], self.data[:, i, 1]) for i in range(config.num_layers)]
+    def __init__(self, pool: KVPool, layout: KVLayout) -> None:
+        self.layout = layout
+        self.block_size = pool.block_size(layout)
+        self.data = pool.view(layout)
+        # Per-layer (K, V) views [pages, block_size, kv_heads, head_dim]; no copies.
+        self.layers = [(self.data[:, i, 0], self.data[:, i, 1]) for i in range(layout.num_layers)]
 
-    @staticmethod
-    def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-        elem = torch.empty((), dtype=dtype).element_size()
-        return config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim * elem
+    def zero_blocks(self, block_ids: list[int]) -> None:
+        """Clear newly allocated pages: they may hold another engine's bytes, which read as this
+        dtype could be NaN, and padded attention multiplies masked slots by zero (0 * NaN = NaN)."""
+        if block_ids:
+            self.data[torch.tensor(block_ids, dtype=torch.int64)] = 0

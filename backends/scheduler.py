@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from backends.block_pool import BlockPool
 from backends.outputs import FinishReason, StepOutput
+from backends.prefix_hash import ROOT_HASH, block_hash
 from backends.sequence import Sequence, SequenceStatus
 
 
@@ -22,6 +23,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512  # token budget of one step (prefill chunks + decodes)
     max_num_seqs: int = 64  # sequences in one step at most
     max_model_len: int = 2048  # prompt + completion tokens of one sequence at most
+    enable_prefix_caching: bool = True  # reuse cached full blocks of identical prefixes
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_model_len"):
@@ -40,15 +42,26 @@ class ScheduledSeq:
         return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
 
+@dataclass(frozen=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]  # what runs this step, in batch order
+    new_block_ids: list[int]  # blocks handed out this step (the runner clears them first)
+
+
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, pool: BlockPool, eos_token_ids: frozenset[int]) -> None:
+    def __init__(self, config: SchedulerConfig, pool: BlockPool, eos_token_ids: frozenset[int],
+                 fingerprint: str = "") -> None:
         self.config = config
         self.pool = pool
         self.eos_token_ids = eos_token_ids
+        self.fingerprint = fingerprint  # part of every block hash: no sharing across models
+        self.prefix_query_tokens = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hit_tokens = 0  # of those, tokens served from cached blocks
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._aborted: list[Sequence] = []
         self.num_preemptions = 0
+        self._new_blocks: list[int] = []
 
     def add(self, seq: Sequence) -> None:
         max_len = min(self.config.max_model_len, seq.num_prompt_tokens + seq.params.max_tokens)
@@ -75,7 +88,8 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self._aborted)
 
-    def schedule(self) -> list[ScheduledSeq]:
+    def schedule(self) -> SchedulerOutput:
+        self._new_blocks = []
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledSeq] = []
         for seq in list(self.running):
@@ -92,26 +106,27 @@ class Scheduler:
                 budget -= num_new
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self._grow(seq, seq.num_computed_tokens + num_new):
+            if not self._admit(seq, budget):
                 break  # FCFS: nobody overtakes the head of the queue
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, num_new))
             budget -= num_new
-        return scheduled
+        return SchedulerOutput(scheduled, self._new_blocks)
 
-    def update(self, scheduled: list[ScheduledSeq], sampled: dict[str, int]) -> list[StepOutput]:
+    def update(self, step: SchedulerOutput, sampled: dict[str, int]) -> list[StepOutput]:
         """Record computed tokens and sampled ones; finish sequences; report what changed."""
         outputs = [self._output(seq, ()) for seq in self._aborted]
         self._aborted.clear()
-        for item in scheduled:
+        for item in step.scheduled:
             seq = item.seq
             if seq.is_finished:
                 continue  # aborted while the step ran
             samples = item.samples
             seq.num_computed_tokens += item.num_new_tokens
+            self._cache_full_blocks(seq)
             if not samples:
                 continue
             token = sampled[seq.request_id]
@@ -134,17 +149,68 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
-        self.pool.free(seq.block_table)
-        seq.block_table = []
+        self._release(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.pool.free(seq.block_table)
-        seq.block_table = []
+        self._release(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
+
+    def _release(self, seq: Sequence) -> None:
+        # Tail first, so LRU eviction drops the ends of prefixes before their shared starts.
+        self.pool.free(seq.block_table[::-1])
+        seq.block_table = []
+        seq.num_registered_blocks = 0
+
+    def _admit(self, seq: Sequence, budget: int) -> bool:
+        """Give a waiting sequence its cached prefix and blocks for its first chunk, or False."""
+        hits: list[int] = []
+        if self.config.enable_prefix_caching:
+            self._extend_hashes(seq, seq.num_tokens)
+            # At least one token is always computed: its logits pick the next token.
+            hits = self.pool.lookup(seq.block_hashes[:(seq.num_tokens - 1) // self.config.block_size])
+        num_cached = len(hits) * self.config.block_size
+        num_new = min(seq.num_tokens - num_cached, budget)
+        needed = self._blocks_for(num_cached + num_new) - len(hits)
+        revived = sum(1 for b in hits if self.pool.ref_count(b) == 0)  # leave the free queue
+        if needed > self.pool.num_free - revived:
+            return False
+        self.pool.acquire(hits)
+        new_blocks = self.pool.allocate(needed)
+        self._new_blocks.extend(new_blocks)
+        seq.block_table = hits + new_blocks
+        seq.num_registered_blocks = len(hits)
+        seq.num_computed_tokens = num_cached
+        if not seq.admitted:
+            seq.admitted = True
+            seq.num_cached_prompt_tokens = num_cached
+            if self.config.enable_prefix_caching:
+                self.prefix_query_tokens += seq.num_prompt_tokens
+                self.prefix_hit_tokens += num_cached
+        return True
+
+    def _extend_hashes(self, seq: Sequence, num_tokens: int) -> None:
+        """Hash every full block among the first num_tokens tokens that has no hash yet."""
+        bs = self.config.block_size
+        tokens = None
+        for i in range(len(seq.block_hashes), num_tokens // bs):
+            tokens = tokens or seq.token_ids
+            parent = seq.block_hashes[i - 1] if i else ROOT_HASH
+            seq.block_hashes.append(block_hash(parent, self.fingerprint, tokens[i * bs:(i + 1) * bs]))
+
+    def _cache_full_blocks(self, seq: Sequence) -> None:
+        if not self.config.enable_prefix_caching:
+            return
+        num_full = seq.num_computed_tokens // self.config.block_size
+        if num_full <= seq.num_registered_blocks:
+            return
+        self._extend_hashes(seq, seq.num_computed_tokens)
+        for i in range(seq.num_registered_blocks, num_full):
+            self.pool.cache(seq.block_table[i], seq.block_hashes[i])
+        seq.num_registered_blocks = num_full
 
     def _grow(self, seq: Sequence, num_tokens: int) -> bool:
         """Make seq's block table cover num_tokens; False (and no change) if the pool is short."""
@@ -153,7 +219,9 @@ class Scheduler:
             return True
         if not self.pool.can_allocate(needed):
             return False
-        seq.block_table.extend(self.pool.allocate(needed))
+        new_blocks = self.pool.allocate(needed)
+        self._new_blocks.extend(new_blocks)
+        seq.block_table.extend(new_blocks)
         return True
 
     def _blocks_for(self, num_tokens: int) -> int:

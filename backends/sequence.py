@@ -28,6 +28,9 @@ class Sequence:
         self.block_table: list[int] = []
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_prompt_tokens = 0  # prompt tokens found in the prefix cache
+        self.block_hashes: list[bytes] = []  # chain hashes of the full blocks known so far
+        self.num_registered_blocks = 0  # leading blocks of block_table already in the cache
+        self.admitted = False  # admitted at least once (preemption re-admits)
         self.finish_reason: FinishReason | None = None
         self.generator: torch.Generator | None = None
         if params.seed is not None:

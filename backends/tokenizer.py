@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from gguf import GGUFReader, TokenType
+from gguf import TokenType
 
 from backends.bpe_tokenizer import BpeTokenizer, byte_level_piece
 from backends.chat_template import ChatTemplate
@@ -58,16 +58,9 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Reads only the metadata of a .gguf file (tensors stay unread)."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"GGUF file not found: {path}")
-        try:
-            reader = GGUFReader(path, "r")
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"{path} is not a readable GGUF file: {exc}") from exc
-        fields = {name: field.contents() for name, field in reader.fields.items()
-                  if name.startswith("tokenizer.")}
-        return cls.from_gguf_metadata(fields)
+        from backends.gguf_file import GGUFFile
+
+        return cls.from_gguf_metadata(GGUFFile(path).metadata)
 
     @classmethod
     def from_gguf_metadata(cls, fields: Mapping[str, Any]) -> Tokenizer:

@@ -2,8 +2,7 @@
 
 The reference ids come from tests/fixtures/tokenizer_llama_cpp.json, written by llama.cpp
 (llama-cpp-python) with tests/fixtures/make_tokenizer_fixture.py; llama_cpp is not needed here.
-Reading the GGUF metadata with gguf.GGUFReader takes most of this module's time (~5 s SmolLM2,
-~20 s Gemma), so each model's tokenizer is built once.
+Each model's tokenizer is built once per module.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ def smollm2_metadata():
 
 @pytest.fixture(scope="module")
 def tokenizers(smollm2_metadata):
-    # Both constructors: from_gguf (its own GGUFReader) and from_gguf_metadata (the loader's path).
+    # Both constructors: from_gguf (reads the file) and from_gguf_metadata (the loader's path).
     return {
         "gemma3-270m": Tokenizer.from_gguf(bundled_models.gemma3_270m_gguf_path()),
         "smollm2-135m": Tokenizer.from_gguf_metadata(smollm2_metadata),
