@@ -47,7 +47,7 @@ class Engine:
             SchedulerConfig(self.block_size, config.max_num_batched_tokens, config.max_num_seqs,
                             self.max_model_len, config.enable_prefix_caching),
             pool.blocks, frozenset(tokenizer.eos_token_ids), self.fingerprint)
-        self.runner = ModelRunner(model, self.kv_cache)
+        self.runner = ModelRunner(model, self.kv_cache, frozenset(tokenizer.eos_token_ids))
         self._arrivals = itertools.count()
 
     def add_request(self, prompt_token_ids: list[int], sampling_params: SamplingParams,
@@ -93,7 +93,6 @@ class Engine:
             raise MemoryError("not enough free KV blocks to score this text")
         table = self.pool.blocks.allocate(num_blocks)
         try:
-            self.kv_cache.zero_blocks(table)
             chunks = []
             for start in range(0, len(token_ids), chunk_size):
                 ids = token_ids[start:start + chunk_size]

@@ -28,7 +28,6 @@ class ModelRunner:
 
     def run(self, step: SchedulerOutput) -> dict[str, int]:
         """Run one step; return the sampled token of every sequence whose chunk reached its end."""
-        self.kv_cache.zero_blocks(step.new_block_ids)
         scheduled = step.scheduled
         input_ids: list[int] = []
         for item in scheduled:

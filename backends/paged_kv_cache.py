@@ -20,9 +20,3 @@ class PagedKVCache:
         self.data = pool.view(layout)
         # Per-layer (K, V) views [pages, block_size, kv_heads, head_dim]; no copies.
         self.layers = [(self.data[:, i, 0], self.data[:, i, 1]) for i in range(layout.num_layers)]
-
-    def zero_blocks(self, block_ids: list[int]) -> None:
-        """Clear newly allocated pages: they may hold another engine's bytes, which read as this
-        dtype could be NaN, and padded attention multiplies masked slots by zero (0 * NaN = NaN)."""
-        if block_ids:
-            self.data[torch.tensor(block_ids, dtype=torch.int64)] = 0

@@ -45,7 +45,6 @@ class ScheduledSeq:
 @dataclass(frozen=True)
 class SchedulerOutput:
     scheduled: list[ScheduledSeq]  # what runs this step, in batch order
-    new_block_ids: list[int]  # blocks handed out this step (the runner clears them first)
 
 
 class Scheduler:
@@ -61,7 +60,6 @@ class Scheduler:
         self.running: list[Sequence] = []
         self._aborted: list[Sequence] = []
         self.num_preemptions = 0
-        self._new_blocks: list[int] = []
 
     def add(self, seq: Sequence) -> None:
         max_len = min(self.config.max_model_len, seq.num_prompt_tokens + seq.params.max_tokens)
@@ -89,7 +87,6 @@ class Scheduler:
         return bool(self.waiting or self.running or self._aborted)
 
     def schedule(self) -> SchedulerOutput:
-        self._new_blocks = []
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledSeq] = []
         for seq in list(self.running):
@@ -114,7 +111,7 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, num_new))
             budget -= num_new
-        return SchedulerOutput(scheduled, self._new_blocks)
+        return SchedulerOutput(scheduled)
 
     def update(self, step: SchedulerOutput, sampled: dict[str, int]) -> list[StepOutput]:
         """Record computed tokens and sampled ones; finish sequences; report what changed."""
@@ -179,9 +176,7 @@ class Scheduler:
         if needed > self.pool.num_free - revived:
             return False
         self.pool.acquire(hits)
-        new_blocks = self.pool.allocate(needed)
-        self._new_blocks.extend(new_blocks)
-        seq.block_table = hits + new_blocks
+        seq.block_table = hits + self.pool.allocate(needed)
         seq.num_registered_blocks = len(hits)
         seq.num_computed_tokens = num_cached
         if not seq.admitted:
@@ -219,9 +214,7 @@ class Scheduler:
             return True
         if not self.pool.can_allocate(needed):
             return False
-        new_blocks = self.pool.allocate(needed)
-        self._new_blocks.extend(new_blocks)
-        seq.block_table.extend(new_blocks)
+        seq.block_table.extend(self.pool.allocate(needed))
         return True
 
     def _blocks_for(self, num_tokens: int) -> int:

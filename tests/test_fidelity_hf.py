@@ -1,11 +1,17 @@
-"""Fidelity of the full-precision engine against HF transformers loading the same GGUF (float32).
+"""Fidelity of the full-precision engine (float32) against HF transformers on the same GGUF.
 
 Teacher-forced on a fixed 512-token English text: logits within 1e-3 of the logit range,
-perplexity within 0.1%; greedy 32-token continuations of 5 prompts identical.
+perplexity within 0.1%; greedy 32-token continuations of five prompts identical.
+
+The default tests compare with tests/fixtures/hf_reference.json (written by
+tests/fixtures/make_hf_fixture.py from transformers): HF's top-16 logits, logit range and
+next-token log-probability at every position. The `reference` tests (`make reference`) load
+transformers itself and compare every logit of the vocabulary.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -13,59 +19,71 @@ import pytest
 import torch
 
 from backends.engine_config import EngineConfig
-from backends.loader import load_engine, resolve_model_path
+from backends.loader import load_engine
 from backends.sampling_params import SamplingParams
 
-transformers = pytest.importorskip("transformers")
-
-TEXT = open(os.path.join(os.path.dirname(__file__), "fixtures", "fidelity_text.txt")).read()
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n",
-    "Once upon a time, in a small village by the sea,",
-    "The three primary colors are",
-    "Water boils at a temperature of",
-]
-NUM_TOKENS = 512
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = json.load(open(os.path.join(HERE, "fixtures", "hf_reference.json")))
+MODELS = ("smollm2-135m", "gemma3-270m")
+GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 
 
-def _perplexity(logits: torch.Tensor, ids: list[int]) -> float:
-    logprobs = torch.log_softmax(logits[:-1].double(), dim=-1)
-    nll = -logprobs.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).mean()
-    return math.exp(float(nll))
-
-
-@pytest.fixture(scope="module", params=["smollm2-135m", "gemma3-270m"])
-def pair(request):
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
     name = request.param
-    engine = load_engine(EngineConfig(name=name, model=f"bundled:{name}", max_model_len=1024))
-    path = resolve_model_path(f"bundled:{name}")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
-    yield engine, hf
-    del hf
+    engine = load_engine(EngineConfig(name=name, model=f"bundled:{name}", max_model_len=1024),
+                         kv_cache_bytes=256 << 20)
+    return name, engine, FIXTURE["models"][name]
 
 
-def test_teacher_forced_logits_and_perplexity_match(pair):
-    engine, hf = pair
-    ids = engine.tokenizer.encode(TEXT)[:NUM_TOKENS]
-    assert len(ids) == NUM_TOKENS
-    ours = engine.score(ids)
-    with torch.inference_mode():
-        ref = hf(torch.tensor([ids])).logits[0].float()
-    logit_range = float(ref.max() - ref.min())
-    max_diff = float((ours - ref).abs().max())
-    assert max_diff <= 1e-3 * logit_range, (max_diff, logit_range)
-    ppl, ref_ppl = _perplexity(ours, ids), _perplexity(ref, ids)
+def _perplexity(next_logprob: list[float] | torch.Tensor) -> float:
+    return math.exp(-float(torch.as_tensor(next_logprob, dtype=torch.float64).mean()))
+
+
+def test_tokens_of_the_text_are_the_fixture_tokens(model):
+    name, engine, ref = model
+    text = open(os.path.join(HERE, "fixtures", "fidelity_text.txt")).read()
+    assert engine.tokenizer.encode(text)[:512] == ref["ids"]
+
+
+def test_teacher_forced_logits_and_perplexity_match(model):
+    name, engine, ref = model
+    ids = ref["ids"]
+    logits = engine.score(ids)
+    logit_range = torch.tensor(ref["logit_max"]) - torch.tensor(ref["logit_min"])
+    ours_top = logits.gather(1, torch.tensor(ref["top_ids"]))
+    diff = (ours_top - torch.tensor(ref["top_logits"])).abs().max(dim=1).values
+    assert bool((diff <= 1e-3 * logit_range).all()), float((diff / logit_range).max())
+    assert torch.allclose(logits.max(dim=1).values, torch.tensor(ref["logit_max"]),
+                          atol=float(1e-3 * logit_range.min()), rtol=0)
+    assert torch.allclose(logits.min(dim=1).values, torch.tensor(ref["logit_min"]),
+                          atol=float(1e-3 * logit_range.min()), rtol=0)
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    ours = logprobs[:-1].gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
+    ppl, ref_ppl = _perplexity(ours), _perplexity(ref["next_logprob"])
     assert abs(ppl - ref_ppl) / ref_ppl <= 1e-3, (ppl, ref_ppl)
 
 
-def test_greedy_continuations_match(pair):
-    engine, hf = pair
-    for prompt in PROMPTS:
-        ids = engine.tokenizer.encode(prompt)
-        ours = engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
+def test_greedy_continuations_match(model):
+    name, engine, ref = model
+    for prompt, expected in ref["greedy"].items():
+        assert engine.generate(engine.tokenizer.encode(prompt), GREEDY) == expected, prompt
+
+
+@pytest.mark.reference
+def test_every_logit_matches_live_transformers(model):
+    transformers = pytest.importorskip("transformers")
+    from tests.fixtures.make_hf_fixture import load_hf
+
+    name, engine, ref = model
+    hf, _ = load_hf(name)
+    ids = ref["ids"]
+    with torch.inference_mode():
+        expected = hf(torch.tensor([ids])).logits[0].float()
+    logit_range = float(expected.max() - expected.min())
+    assert float((engine.score(ids) - expected).abs().max()) <= 1e-3 * logit_range
+    for prompt in ref["greedy"]:
+        prompt_ids = engine.tokenizer.encode(prompt)
         with torch.inference_mode():
-            out = hf.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32,
-                              do_sample=False)
-        assert ours == out[0, len(ids):].tolist(), prompt
+            out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=32, do_sample=False)
+        assert engine.generate(prompt_ids, GREEDY) == out[0, len(prompt_ids):].tolist(), prompt
