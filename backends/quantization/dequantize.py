@@ -39,11 +39,11 @@ _DECODERS: dict[GGMLQuantizationType, BlockDecoder] = {
 }
 
 # Weights decoded per step on CPU. NOTE: 2**15 keeps every op at or under torch's
-# 32768-element parallel grain, so decoding runs on the calling thread alone. On this
-# project's busy 2-core box, ops big enough to wake torch's OpenMP workers spent their
-# time in spin-waits: whole Gemma 3 270M took 1.6-3.1 s in 2**15 chunks, 12-27 s in
-# 2**18 chunks, 3-11 s in one pass per tensor (2 threads, same run). Small chunks also
-# keep the uint8 temporaries in L2 instead of page-faulting fresh buffers for each op.
+# 32768-element parallel grain, so decoding runs on the calling thread alone. Bigger ops
+# wake torch's OpenMP workers, whose spin-waits collapse once other processes share the
+# cores. Whole Gemma 3 270M on this project's 2-core box, 2 torch threads, one run:
+# 2**15 chunks 1.3-2.8 s; one pass per tensor 0.5 s while the box was quiet but 4.7-6.3 s
+# while it was busy (2**18 chunks: up to 30 s). Steady times are worth ~3x the best case.
 _CPU_CHUNK_WEIGHTS = 1 << 15
 
 
