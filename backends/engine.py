@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from backends.engine_config import EngineConfig
+from backends.engine_stats import EngineStats
 from backends.kv_pool import KVLayout, KVPool
 from backends.model_config import ModelConfig
 from backends.model_runner import ModelRunner
@@ -72,6 +73,23 @@ class Engine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        fill: dict[int, int] = {}  # block id -> computed tokens in it (shared blocks counted once)
+        for seq in self.scheduler.running:
+            for j, block in enumerate(seq.block_table):
+                tokens = min(self.block_size, max(0, seq.num_computed_tokens - j * self.block_size))
+                fill[block] = max(fill.get(block, 0), tokens)
+        blocks = self.pool.blocks
+        sched = self.scheduler
+        return EngineStats(
+            num_running=len(sched.running), num_waiting=len(sched.waiting),
+            num_preemptions=sched.num_preemptions,
+            pool_blocks_total=blocks.num_blocks, pool_blocks_used=blocks.num_used,
+            pool_blocks_free=blocks.num_free, pool_blocks_cached=blocks.num_cached_free,
+            blocks_held=len(fill), slots_allocated=len(fill) * self.block_size,
+            slots_filled=sum(fill.values()), page_waste=self.pool.page_waste(self.kv_cache.layout),
+            prefix_query_tokens=sched.prefix_query_tokens, prefix_hit_tokens=sched.prefix_hit_tokens)
 
     def generate(self, prompt_token_ids: list[int], sampling_params: SamplingParams) -> list[int]:
         """Run one request to completion (tests, benchmarks, the CLI); other requests may share steps."""

@@ -51,3 +51,35 @@ def test_concurrent_greedy_equals_batch_one(name):
     assert run_concurrently(tight, requests, max_tokens) == expected
     assert tight.scheduler.num_preemptions > 0
     assert tight.pool.blocks.num_free == tight.pool.blocks.num_blocks
+
+
+def test_two_engines_share_one_pool_and_report_stats():
+    from backends.loader import load_engines
+
+    engines = load_engines([EngineConfig(name="s", model="bundled:smollm2-135m", max_model_len=256),
+                            EngineConfig(name="g", model="bundled:gemma3-270m", max_model_len=256)],
+                           kv_cache_bytes=8 << 20)
+    smol, gemma = engines["s"], engines["g"]
+    assert smol.pool is gemma.pool
+    # float32 pages: 16 SmolLM2 tokens = 20 Gemma tokens = 737,280 bytes, no rounding waste.
+    assert (smol.pool.page_bytes, smol.block_size, gemma.block_size) == (737280, 16, 20)
+    assert smol.pool.blocks.num_blocks == (8 << 20) // 737280 == 11
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    prompt = smol.tokenizer.encode(TEXT)[:40]  # 2 full SmolLM2 blocks + 8 tokens
+    smol.add_request(prompt, params)
+    smol.step()  # prefill: 3 pages held, 40 of 48 slots filled
+    stats = smol.stats()
+    assert (stats.num_running, stats.blocks_held, stats.slots_allocated, stats.slots_filled) == (1, 3, 48, 40)
+    assert stats.pool_blocks_used == 3 and stats.page_waste == 0.0
+    assert abs(stats.kv_waste - 8 / 48) < 1e-12
+    while smol.has_unfinished_requests():
+        smol.step()
+    # The finished request's full blocks stay cached and serve the same prompt again...
+    first = smol.generate(prompt, params)
+    assert smol.stats().prefix_hit_tokens == 32
+    assert smol.stats().pool_blocks_cached >= 2
+    # ...until pressure from the other engine evicts them (LRU across engines).
+    gemma.generate(gemma.tokenizer.encode(TEXT)[:200], params)  # 204 tokens: all 11 pages
+    assert smol.pool.blocks.num_evictions >= 2
+    assert smol.generate(prompt, params) == first
+    assert smol.stats().prefix_hit_tokens == 32  # no new hit: recomputed
