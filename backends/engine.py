@@ -50,6 +50,7 @@ class Engine:
             pool.blocks, frozenset(tokenizer.eos_token_ids), self.fingerprint)
         self.runner = ModelRunner(model, self.kv_cache, frozenset(tokenizer.eos_token_ids))
         self._arrivals = itertools.count()
+        self.load_seconds: float | None = None  # set by the loader: time to build this engine
 
     def add_request(self, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     request_id: str | None = None) -> str:
