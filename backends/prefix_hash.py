@@ -21,12 +21,3 @@ def block_hash(parent: bytes, fingerprint: str, token_ids: list[int] | tuple[int
     h.update(struct.pack(f"<{len(token_ids)}I", *token_ids))
     return h.digest()
 
-
-def chain_hashes(token_ids: list[int], block_size: int, fingerprint: str, start: int = 0,
-                 parent: bytes = ROOT_HASH) -> list[bytes]:
-    """Hashes of the full blocks of token_ids from block index `start` (whose parent is given)."""
-    hashes = []
-    for first in range(start * block_size, len(token_ids) - block_size + 1, block_size):
-        parent = block_hash(parent, fingerprint, token_ids[first:first + block_size])
-        hashes.append(parent)
-    return hashes

@@ -103,9 +103,9 @@ class Scheduler:
                 budget -= num_new
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            if not self._admit(seq, budget):
+            num_new = self._admit(seq, budget)
+            if not num_new:
                 break  # FCFS: nobody overtakes the head of the queue
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
@@ -162,8 +162,9 @@ class Scheduler:
         seq.block_table = []
         seq.num_registered_blocks = 0
 
-    def _admit(self, seq: Sequence, budget: int) -> bool:
-        """Give a waiting sequence its cached prefix and blocks for its first chunk, or False."""
+    def _admit(self, seq: Sequence, budget: int) -> int:
+        """Give a waiting sequence its cached prefix and blocks for its first chunk; return the
+        chunk's token count, or 0 (and change nothing) if the pool cannot hold it."""
         hits: list[int] = []
         if self.config.enable_prefix_caching:
             self._extend_hashes(seq, seq.num_tokens)
@@ -174,7 +175,7 @@ class Scheduler:
         needed = self._blocks_for(num_cached + num_new) - len(hits)
         revived = sum(1 for b in hits if self.pool.ref_count(b) == 0)  # leave the free queue
         if needed > self.pool.num_free - revived:
-            return False
+            return 0
         self.pool.acquire(hits)
         seq.block_table = hits + self.pool.allocate(needed)
         seq.num_registered_blocks = len(hits)
@@ -185,14 +186,15 @@ class Scheduler:
             if self.config.enable_prefix_caching:
                 self.prefix_query_tokens += seq.num_prompt_tokens
                 self.prefix_hit_tokens += num_cached
-        return True
+        return num_new
 
     def _extend_hashes(self, seq: Sequence, num_tokens: int) -> None:
         """Hash every full block among the first num_tokens tokens that has no hash yet."""
         bs = self.config.block_size
-        tokens = None
+        if len(seq.block_hashes) >= num_tokens // bs:
+            return
+        tokens = seq.token_ids  # prompt + output, built once
         for i in range(len(seq.block_hashes), num_tokens // bs):
-            tokens = tokens or seq.token_ids
             parent = seq.block_hashes[i - 1] if i else ROOT_HASH
             seq.block_hashes.append(block_hash(parent, self.fingerprint, tokens[i * bs:(i + 1) * bs]))
 
