@@ -35,6 +35,15 @@ def test_stubs_import_inside_the_gateway_package() -> None:
     assert gateway_pb2_grpc.GatewayStub is not None
     # Field numbers are the public contract (issue 8 documents the names); pin them.
     numbers = {f.name: f.number for f in gateway_pb2.GenerateRequest.DESCRIPTOR.fields}
-    assert numbers == {"prompt": 1, "max_tokens": 3, "sampling": 4, "backend": 5, "request_id": 7}
+    assert numbers == {
+        "prompt": 1, "messages": 2, "max_tokens": 3, "sampling": 4, "backend": 5, "router_threshold": 6,
+        "request_id": 7,
+    }
     numbers = {f.name: f.number for f in gateway_pb2.GenerateResponse.DESCRIPTOR.fields}
-    assert numbers == {"text": 1, "token_ids": 2, "backend": 4, "finish_reason": 5, "usage": 6}
+    assert numbers == {
+        "text": 1, "token_ids": 2, "logprobs": 3, "backend": 4, "finish_reason": 5, "usage": 6, "routing_score": 7,
+    }
+    numbers = {f.name: f.number for f in gateway_pb2.Usage.DESCRIPTOR.fields}
+    assert numbers == {"prompt_tokens": 1, "completion_tokens": 2, "cached_prompt_tokens": 3}
+    methods = [m.name for m in gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].methods]
+    assert methods == ["Generate", "Complete", "Route", "Tokenize", "ListBackends"]

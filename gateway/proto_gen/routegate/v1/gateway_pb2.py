@@ -24,21 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aroutegate/v1/gateway.proto\x12\x0croutegate.v1\"\xaf\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\x05\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x9e\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.routegate.v1.SamplingParams\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\r\n\x0b_max_tokens\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\x7f\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.routegate.v1.Usage2V\n\x07Gateway\x12K\n\x08Generate\x12\x1d.routegate.v1.GenerateRequest\x1a\x1e.routegate.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aroutegate/v1/gateway.proto\x12\x0croutegate.v1\"\xf0\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\x05\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\r\n\x05min_p\x18\x07 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x03\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12\x12\n\nmin_tokens\x18\x0b \x01(\x05\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x10\n\x08logprobs\x18\r \x01(\x05\x12?\n\nlogit_bias\x18\x0e \x03(\x0b\x32+.routegate.v1.SamplingParams.LogitBiasEntry\x12\x1c\n\x14\x61\x64\x61ptive_temperature\x18\x0f \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xff\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.routegate.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.routegate.v1.SamplingParams\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x1d\n\x10router_threshold\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\r\n\x0b_max_tokensB\x13\n\x11_router_threshold\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12%\n\x03top\x18\x03 \x03(\x0b\x32\x18.routegate.v1.TopLogprob\"\xdb\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12,\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1a.routegate.v1.TokenLogprob\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.routegate.v1.Usage\x12\x1a\n\rrouting_score\x18\x07 \x01(\x02H\x00\x88\x01\x01\x42\x10\n\x0e_routing_score\"\xdb\x01\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12,\n\x08logprobs\x18\x03 \x03(\x0b\x32\x1a.routegate.v1.TokenLogprob\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.routegate.v1.Usage\x12\x1a\n\rrouting_score\x18\x07 \x01(\x02H\x00\x88\x01\x01\x42\x10\n\x0e_routing_score\"\x7f\n\x0cRouteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.routegate.v1.ChatMessage\x12\x1d\n\x10router_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x13\n\x11_router_threshold\"\xda\x01\n\rRouteResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x45\n\rprobabilities\x18\x02 \x03(\x0b\x32..routegate.v1.RouteResponse.ProbabilitiesEntry\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x19\n\x11router_latency_ms\x18\x05 \x01(\x02\x1a\x34\n\x12ProbabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"_\n\x0fTokenizeRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.routegate.v1.ChatMessage\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\"M\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\"\x15\n\x13ListBackendsRequest\"\x84\x01\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\nquant_type\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\r\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x02\x12\x0e\n\x06status\x18\x07 \x01(\t\"p\n\x14ListBackendsResponse\x12+\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x19.routegate.v1.BackendInfo\x12\x17\n\x0f\x64\x65\x66\x61ult_backend\x18\x02 \x01(\t\x12\x12\n\nhas_router\x18\x03 \x01(\x08\x32\x85\x03\n\x07Gateway\x12K\n\x08Generate\x12\x1d.routegate.v1.GenerateRequest\x1a\x1e.routegate.v1.GenerateResponse0\x01\x12I\n\x08\x43omplete\x12\x1d.routegate.v1.GenerateRequest\x1a\x1e.routegate.v1.CompleteResponse\x12@\n\x05Route\x12\x1a.routegate.v1.RouteRequest\x1a\x1b.routegate.v1.RouteResponse\x12I\n\x08Tokenize\x12\x1d.routegate.v1.TokenizeRequest\x1a\x1e.routegate.v1.TokenizeResponse\x12U\n\x0cListBackends\x12!.routegate.v1.ListBackendsRequest\x1a\".routegate.v1.ListBackendsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'routegate.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTERESPONSE_PROBABILITIESENTRY']._loaded_options = None
+  _globals['_ROUTERESPONSE_PROBABILITIESENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS']._serialized_start=45
-  _globals['_SAMPLINGPARAMS']._serialized_end=220
-  _globals['_GENERATEREQUEST']._serialized_start=223
-  _globals['_GENERATEREQUEST']._serialized_end=381
-  _globals['_USAGE']._serialized_start=383
-  _globals['_USAGE']._serialized_end=470
-  _globals['_GENERATERESPONSE']._serialized_start=472
-  _globals['_GENERATERESPONSE']._serialized_end=599
-  _globals['_GATEWAY']._serialized_start=601
-  _globals['_GATEWAY']._serialized_end=687
+  _globals['_SAMPLINGPARAMS']._serialized_end=541
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=435
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=483
+  _globals['_CHATMESSAGE']._serialized_start=543
+  _globals['_CHATMESSAGE']._serialized_end=587
+  _globals['_GENERATEREQUEST']._serialized_start=590
+  _globals['_GENERATEREQUEST']._serialized_end=845
+  _globals['_USAGE']._serialized_start=847
+  _globals['_USAGE']._serialized_end=934
+  _globals['_TOPLOGPROB']._serialized_start=936
+  _globals['_TOPLOGPROB']._serialized_end=983
+  _globals['_TOKENLOGPROB']._serialized_start=985
+  _globals['_TOKENLOGPROB']._serialized_end=1073
+  _globals['_GENERATERESPONSE']._serialized_start=1076
+  _globals['_GENERATERESPONSE']._serialized_end=1295
+  _globals['_COMPLETERESPONSE']._serialized_start=1298
+  _globals['_COMPLETERESPONSE']._serialized_end=1517
+  _globals['_ROUTEREQUEST']._serialized_start=1519
+  _globals['_ROUTEREQUEST']._serialized_end=1646
+  _globals['_ROUTERESPONSE']._serialized_start=1649
+  _globals['_ROUTERESPONSE']._serialized_end=1867
+  _globals['_ROUTERESPONSE_PROBABILITIESENTRY']._serialized_start=1815
+  _globals['_ROUTERESPONSE_PROBABILITIESENTRY']._serialized_end=1867
+  _globals['_TOKENIZEREQUEST']._serialized_start=1869
+  _globals['_TOKENIZEREQUEST']._serialized_end=1964
+  _globals['_TOKENIZERESPONSE']._serialized_start=1966
+  _globals['_TOKENIZERESPONSE']._serialized_end=2043
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=2045
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=2066
+  _globals['_BACKENDINFO']._serialized_start=2069
+  _globals['_BACKENDINFO']._serialized_end=2201
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=2203
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=2315
+  _globals['_GATEWAY']._serialized_start=2318
+  _globals['_GATEWAY']._serialized_end=2707
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,26 @@ class GatewayStub:
                 request_serializer=routegate_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=routegate_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/routegate.v1.Gateway/Complete',
+                request_serializer=routegate_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=routegate_dot_v1_dot_gateway__pb2.CompleteResponse.FromString,
+                _registered_method=True)
+        self.Route = channel.unary_unary(
+                '/routegate.v1.Gateway/Route',
+                request_serializer=routegate_dot_v1_dot_gateway__pb2.RouteRequest.SerializeToString,
+                response_deserializer=routegate_dot_v1_dot_gateway__pb2.RouteResponse.FromString,
+                _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/routegate.v1.Gateway/Tokenize',
+                request_serializer=routegate_dot_v1_dot_gateway__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=routegate_dot_v1_dot_gateway__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.ListBackends = channel.unary_unary(
+                '/routegate.v1.Gateway/ListBackends',
+                request_serializer=routegate_dot_v1_dot_gateway__pb2.ListBackendsRequest.SerializeToString,
+                response_deserializer=routegate_dot_v1_dot_gateway__pb2.ListBackendsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -46,7 +66,35 @@ class GatewayServicer:
 
     def Generate(self, request, context):
         """Streams the completion of one prompt. The first message names the backend that serves
-        the request; the last carries finish_reason and usage.
+        the request; the last carries finish_reason, usage and the routing score.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Complete(self, request, context):
+        """The same as Generate, answered in one message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Route(self, request, context):
+        """The router's decision for a prompt, explained; nothing is generated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tokenize(self, request, context):
+        """The token ids a backend's tokenizer gives a prompt (or a rendered chat).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBackends(self, request, context):
+        """Every backend the gateway serves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,6 +107,26 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=routegate_dot_v1_dot_gateway__pb2.GenerateRequest.FromString,
                     response_serializer=routegate_dot_v1_dot_gateway__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=routegate_dot_v1_dot_gateway__pb2.GenerateRequest.FromString,
+                    response_serializer=routegate_dot_v1_dot_gateway__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Route': grpc.unary_unary_rpc_method_handler(
+                    servicer.Route,
+                    request_deserializer=routegate_dot_v1_dot_gateway__pb2.RouteRequest.FromString,
+                    response_serializer=routegate_dot_v1_dot_gateway__pb2.RouteResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=routegate_dot_v1_dot_gateway__pb2.TokenizeRequest.FromString,
+                    response_serializer=routegate_dot_v1_dot_gateway__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'ListBackends': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackends,
+                    request_deserializer=routegate_dot_v1_dot_gateway__pb2.ListBackendsRequest.FromString,
+                    response_serializer=routegate_dot_v1_dot_gateway__pb2.ListBackendsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +156,114 @@ class Gateway:
             '/routegate.v1.Gateway/Generate',
             routegate_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
             routegate_dot_v1_dot_gateway__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routegate.v1.Gateway/Complete',
+            routegate_dot_v1_dot_gateway__pb2.GenerateRequest.SerializeToString,
+            routegate_dot_v1_dot_gateway__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Route(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routegate.v1.Gateway/Route',
+            routegate_dot_v1_dot_gateway__pb2.RouteRequest.SerializeToString,
+            routegate_dot_v1_dot_gateway__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routegate.v1.Gateway/Tokenize',
+            routegate_dot_v1_dot_gateway__pb2.TokenizeRequest.SerializeToString,
+            routegate_dot_v1_dot_gateway__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routegate.v1.Gateway/ListBackends',
+            routegate_dot_v1_dot_gateway__pb2.ListBackendsRequest.SerializeToString,
+            routegate_dot_v1_dot_gateway__pb2.ListBackendsResponse.FromString,
             options,
             channel_credentials,
             insecure,
