@@ -11,11 +11,18 @@
     engine = "full_precision"
     dtype = "bfloat16"                    # float32 | bfloat16
     max_model_len = 2048
+    cost = 1.0                            # relative cost the router weighs (> 0)
+
+    router = "routers/default.router"     # optional; requests with no backend are routed
+    api_keys = ["key-1", "key-2"]         # optional; clients send `authorization: Bearer <key>`
+    max_pending_requests = 1024           # requests in flight (queued + running); more = RESOURCE_EXHAUSTED
+    metrics_port = 9090                   # optional; Prometheus /metrics on host:metrics_port
 
 A backend table takes every field of backends.engine_config.EngineConfig (max_num_batched_tokens,
-max_num_seqs, enable_prefix_caching, ...); the engine validates them. The same keys
+max_num_seqs, enable_prefix_caching, ...); the engine validates them. A backend with
+``engine = "litellm"`` takes the keys of gateway.litellm_config.LiteLLMConfig instead. The same keys
 work in YAML (``backends:`` a list of mappings). No file means ``GatewayConfig()``: the two
-bundled models. Every problem is a ValueError that names the offending key.
+bundled models and the default router file (when it exists). Every problem is a ValueError that names the offending key.
 """
 
 from __future__ import annotations
@@ -27,17 +34,23 @@ from pathlib import Path
 from typing import Any
 
 from backends.engine_config import EngineConfig
+from gateway.litellm_config import LITELLM_ENGINE, LiteLLMConfig
 
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ROUTER = ROOT / "routers" / "default.router"  # trained for DEFAULT_BACKENDS
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # typed by clients; a health service name
 
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """One named in-process backend: the engine that serves it (later also its routing cost)."""
+    """One named backend: what serves it (an in-process engine or LiteLLM) and its routing cost."""
 
-    engine: EngineConfig  # name, model, engine kind, dtype, context and KV sizes
+    engine: EngineConfig | LiteLLMConfig  # name, model, engine kind and the kind's own settings
+    cost: float = 1.0  # relative cost per request, weighed by the router; > 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.cost, bool) or not isinstance(self.cost, (int, float)) or not 0 < self.cost < float("inf"):
+            raise ValueError(f"backend {self.engine.name!r}: cost must be a number > 0, got {self.cost!r}")
         if not _NAME_RE.match(self.engine.name):
             raise ValueError(
                 f"name must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or "
@@ -52,9 +65,15 @@ class BackendConfig:
     def model(self) -> str:
         return self.engine.model
 
+    @property
+    def is_local(self) -> bool:
+        """Whether an in-process engine serves it (else LiteLLM forwards it)."""
+        return isinstance(self.engine, EngineConfig)
+
     @classmethod
-    def of(cls, name: str, model: str, **engine_fields: Any) -> BackendConfig:
-        return cls(EngineConfig(name=name, model=model, **engine_fields))
+    def of(cls, name: str, model: str, cost: float = 1.0, **engine_fields: Any) -> BackendConfig:
+        kind = LiteLLMConfig if engine_fields.get("engine") == LITELLM_ENGINE else EngineConfig
+        return cls(kind(name=name, model=model, **engine_fields), cost)
 
 
 DEFAULT_BACKENDS = (
@@ -73,6 +92,10 @@ class GatewayConfig:
     default_backend: str = ""  # serves requests with an empty `backend`; "" = the first one
     kv_cache_bytes: int | None = None  # the KV pool all backends share; None = the loader's default
     grace_period_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
+    router: str | None = None  # router file; None = DEFAULT_ROUTER for DEFAULT_BACKENDS if present; "" = none
+    api_keys: tuple[str, ...] = ()  # accepted `authorization: Bearer <key>` keys; () = no auth
+    max_pending_requests: int = 1024  # requests in flight (queued + running) before RESOURCE_EXHAUSTED
+    metrics_port: int | None = None  # Prometheus endpoint on host:metrics_port; None = off, 0 = any
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -84,6 +107,7 @@ class GatewayConfig:
         if self.grace_period_s < 0:
             raise ValueError(f"grace_period_s must be >= 0, got {self.grace_period_s}")
         object.__setattr__(self, "backends", tuple(self.backends))
+        self._check_serving_keys()
         if not self.backends:
             raise ValueError("backends must list at least one backend")
         names = [b.name for b in self.backends]
@@ -96,6 +120,20 @@ class GatewayConfig:
             raise ValueError(
                 f"default_backend {self.default_backend!r} is not one of the backends: {', '.join(names)}"
             )
+
+    def _check_serving_keys(self) -> None:
+        if isinstance(self.api_keys, str) or not all(isinstance(k, str) and k for k in self.api_keys):
+            raise ValueError("api_keys must be a list of non-empty strings")
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))
+        if self.max_pending_requests < 1:
+            raise ValueError(f"max_pending_requests must be >= 1, got {self.max_pending_requests}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        if self.router is None:
+            default = self.backends == DEFAULT_BACKENDS and DEFAULT_ROUTER.is_file()
+            object.__setattr__(self, "router", str(DEFAULT_ROUTER) if default else "")
+        elif self.router and not Path(self.router).is_file():
+            raise ValueError(f"router file {self.router!r} does not exist")
 
     def with_overrides(self, host: str | None = None, port: int | None = None) -> GatewayConfig:
         """A copy with the command line's --host/--port, which win over the file."""
@@ -133,6 +171,8 @@ def config_from_dict(data: Any) -> GatewayConfig:
     """Build a GatewayConfig from parsed TOML/YAML, naming the key of the first problem."""
     _check_table(data, GatewayConfig, where="", exclude=("backends",))
     kwargs = dict(data)
+    if "api_keys" in data and not isinstance(data["api_keys"], list):
+        raise ValueError("api_keys must be a list of strings")
     if "backends" in data:
         if not isinstance(data["backends"], list):
             raise ValueError("backends must be a list of tables ([[backends]] in TOML)")
@@ -142,12 +182,14 @@ def config_from_dict(data: Any) -> GatewayConfig:
 
 def _backend_from_dict(index: int, raw: Any) -> BackendConfig:
     where = f"backends[{index}]."
-    _check_table(raw, EngineConfig, where=where)
+    kind = LiteLLMConfig if isinstance(raw, dict) and raw.get("engine") == LITELLM_ENGINE else EngineConfig
+    _check_table(raw, kind, where=where, extra={"cost": "float"})
     for key in ("name", "model"):
         if key not in raw:
             raise ValueError(f"{where}{key} is required")
+    fields_ = {k: v for k, v in raw.items() if k != "cost"}
     try:
-        return BackendConfig(EngineConfig(**raw))
+        return BackendConfig(kind(**fields_), raw.get("cost", 1.0))
     except ValueError as exc:
         raise ValueError(f"backends[{index}] ({raw['name']!r}): {exc}") from exc
 
@@ -155,15 +197,17 @@ def _backend_from_dict(index: int, raw: Any) -> BackendConfig:
 # Annotation (a string, under `from __future__ import annotations`) -> accepted Python types.
 _SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "int | None": (int, type(None)),
+    "str | None": (str, type(None)),
 }
 
 
-def _check_table(data: Any, cls: type, where: str, exclude: tuple[str, ...] = ()) -> None:
+def _check_table(data: Any, cls: type, where: str, exclude: tuple[str, ...] = (),
+                 extra: dict[str, str] | None = None) -> None:
     """Reject a non-mapping, unknown keys, and scalars of the wrong type, naming the key."""
     if not isinstance(data, dict):
         name = where.rstrip(".") or "the config"
         raise ValueError(f"{name} must be a table/mapping, got {type(data).__name__}")
-    types = {f.name: f.type for f in fields(cls)}
+    types = {f.name: f.type for f in fields(cls)} | (extra or {})
     unknown = sorted(str(k) for k in data if k not in types)
     if unknown:
         raise ValueError(

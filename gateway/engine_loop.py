@@ -16,10 +16,12 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from backends.engine_stats import EngineStats
 from backends.outputs import StepOutput
 from backends.sampling_params import SamplingParams
 from gateway.errors import NotReadyError, RequestIdInUseError, UnknownBackendError
@@ -34,6 +36,17 @@ class _Engine(Protocol):
     def step(self) -> list[StepOutput]: ...
     def abort(self, request_id: str) -> None: ...
     def has_unfinished_requests(self) -> bool: ...
+    def stats(self) -> EngineStats: ...
+
+
+class LoopMetrics(Protocol):
+    """What the engine thread reports (gateway.metrics.GatewayMetrics implements it)."""
+
+    def observe_queue_time(self, backend: str, seconds: float) -> None: ...
+    def update_engine_stats(self, backend: str, stats: EngineStats) -> None: ...
+
+
+STATS_INTERVAL_S = 0.5  # how often a busy engine thread refreshes the metrics snapshots
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class _Add:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     stream: _Stream
+    added_at: float  # time.perf_counter() when the caller queued it (queue time starts here)
 
 
 @dataclass(frozen=True)
@@ -70,8 +84,11 @@ class _Stream:
 class EngineLoop:
     """Runs all engines on one background thread and streams their outputs to asyncio."""
 
-    def __init__(self, engines: Mapping[str, _Engine]) -> None:
+    def __init__(self, engines: Mapping[str, _Engine], metrics: LoopMetrics | None = None) -> None:
         self._engines = dict(engines)
+        self._metrics = metrics
+        self._unscheduled: dict[str, float] = {}  # request_id -> added_at, until its first output
+        self._stats_due = 0.0
         self._commands: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._streams: dict[str, tuple[str, _Stream]] = {}  # request_id -> (backend, stream); engine thread only
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
@@ -111,7 +128,9 @@ class EngineLoop:
         with self._lock:
             if self._stopped:
                 raise NotReadyError("the gateway is shutting down")
-            self._commands.put(_Add(backend, request_id, list(prompt_token_ids), sampling_params, stream))
+            self._commands.put(
+                _Add(backend, request_id, list(prompt_token_ids), sampling_params, stream, time.perf_counter())
+            )
         finished = False
         try:
             while not finished:
@@ -130,6 +149,8 @@ class EngineLoop:
     def _run(self) -> None:
         while True:
             busy = any(engine.has_unfinished_requests() for engine in self._engines.values())
+            if self._metrics is not None and (not busy or time.perf_counter() >= self._stats_due):
+                self._report_stats()
             if not self._drain_commands(block=not busy):
                 break
             for backend, engine in self._engines.items():
@@ -164,13 +185,21 @@ class EngineLoop:
             command.stream.put(exc)
             return
         self._streams[command.request_id] = (command.backend, command.stream)
+        self._unscheduled[command.request_id] = command.added_at
 
     def _abort(self, request_id: str) -> None:
+        self._unscheduled.pop(request_id, None)
         entry = self._streams.pop(request_id, None)
         if entry is not None:
             self._engines[entry[0]].abort(request_id)
 
+    def _report_stats(self) -> None:
+        for backend, engine in self._engines.items():
+            self._metrics.update_engine_stats(backend, engine.stats())
+        self._stats_due = time.perf_counter() + STATS_INTERVAL_S
+
     def _step(self, backend: str, engine: _Engine) -> None:
+        started = time.perf_counter()
         try:
             outputs = engine.step()
         except Exception as exc:  # noqa: BLE001 - fail this engine's requests, keep the others
@@ -181,6 +210,10 @@ class EngineLoop:
             entry = self._streams.get(output.request_id)
             if entry is None:
                 continue  # aborted by its caller since this step was scheduled
+            added_at = self._unscheduled.pop(output.request_id, None)
+            if added_at is not None and self._metrics is not None:
+                # Every scheduled request has an output in its step, prefill chunks included.
+                self._metrics.observe_queue_time(backend, max(0.0, started - added_at))
             entry[1].put(output)
             if output.finished:
                 del self._streams[output.request_id]
@@ -189,6 +222,7 @@ class EngineLoop:
         engine = self._engines[backend]
         for request_id in [rid for rid, (name, _) in self._streams.items() if name == backend]:
             _, stream = self._streams.pop(request_id)
+            self._unscheduled.pop(request_id, None)
             stream.put(exc)
             try:
                 engine.abort(request_id)

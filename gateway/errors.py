@@ -28,6 +28,46 @@ class NotReadyError(RuntimeError):
     """The gateway is loading its backends or shutting down."""
 
 
+class QueueFullError(RuntimeError):
+    """The bounded queue of requests in flight (``max_pending_requests``) is full."""
+
+
+class PreconditionError(RuntimeError):
+    """The request is well-formed but the gateway cannot serve it as configured (no router,
+    no local tokenizer for a LiteLLM backend)."""
+
+
+class MalformedRequestError(ValueError):
+    """The request bytes are not a valid protobuf message of the method's type."""
+
+
+class _Malformed:
+    """What a request deserializer returns for bytes it cannot parse; the handler then raises."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # NOTE: an exception inside a deserializer becomes an opaque INTERNAL status in grpc; parsing
+    # here and raising from the handler lets the table answer INVALID_ARGUMENT instead.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's malformed bytes
+            return _Malformed(f"{type(exc).__name__}: {exc}")
+
+    return parse
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise MalformedRequestError(f"malformed request message ({request.reason})")
+
+
 _OWN_METHOD_PREFIX = "/routegate."
 
 # Checked in order, so subclasses come before their bases.
@@ -35,6 +75,8 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UnknownBackendError, grpc.StatusCode.NOT_FOUND),
     (RequestIdInUseError, grpc.StatusCode.ALREADY_EXISTS),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
@@ -74,13 +116,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         # Client-streaming and bidirectional RPCs (reflection) are passed through as they are.
@@ -90,6 +132,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            _check_parsed(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -102,6 +145,7 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
 def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            _check_parsed(request)
             async for response in behavior(request, context):
                 yield response
         except grpc.aio.AbortError:
