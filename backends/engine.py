@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,11 +22,13 @@ from backends.engine_stats import EngineStats
 from backends.kv_pool import KVLayout, KVPool
 from backends.model_config import ModelConfig
 from backends.model_runner import ModelRunner
-from backends.outputs import StepOutput
+from backends.outputs import FinishReason, StepOutput
 from backends.paged_kv_cache import PagedKVCache
 from backends.sampling_params import SamplingParams
 from backends.scheduler import Scheduler, SchedulerConfig
 from backends.sequence import Sequence
+from backends.text_stream import TextStream
+from backends.token_logprobs import TokenLogprobs
 
 if TYPE_CHECKING:
     from backends.tokenizer import Tokenizer
@@ -50,6 +53,7 @@ class Engine:
             pool.blocks, frozenset(tokenizer.eos_token_ids), self.fingerprint)
         self.runner = ModelRunner(model, self.kv_cache, frozenset(tokenizer.eos_token_ids))
         self._arrivals = itertools.count()
+        self._text_streams: dict[str, TextStream] = {}  # request id -> its detokenizer and stop strings
         self.load_seconds: float | None = None  # set by the loader: time to build this engine
 
     def add_request(self, prompt_token_ids: list[int], sampling_params: SamplingParams,
@@ -62,15 +66,39 @@ class Engine:
         request_id = request_id or uuid.uuid4().hex
         seq = Sequence(request_id, prompt_token_ids, sampling_params, next(self._arrivals))
         self.scheduler.add(seq)
+        self._text_streams[request_id] = TextStream(self.tokenizer, sampling_params)
         return request_id
 
     def step(self) -> list[StepOutput]:
         step = self.scheduler.schedule()
         sampled = self.runner.run(step) if step.scheduled else {}
-        return self.scheduler.update(step, sampled)
+        outputs = self.scheduler.update(step, {rid: t for rid, (t, _) in sampled.items()})
+        return [self._finish_output(out, sampled.get(out.request_id)) for out in outputs]
 
     def abort(self, request_id: str) -> None:
         self.scheduler.abort(request_id)
+
+    def _finish_output(self, out: StepOutput, sampled: tuple[int, TokenLogprobs | None] | None) -> StepOutput:
+        """Detokenize the step's tokens, cut stop strings (finishing the request on a match),
+        attach logprobs."""
+        text_stream = self._text_streams.get(out.request_id)
+        if text_stream is None:
+            return out
+        text, stop = text_stream.add(out.new_token_ids)
+        finish_reason, stop_reason = out.finish_reason, None
+        if stop is not None and finish_reason is None:
+            self.scheduler.finish(out.request_id, FinishReason.STOP)
+            finish_reason, stop_reason = FinishReason.STOP, stop
+        elif stop is not None:
+            finish_reason, stop_reason = FinishReason.STOP, stop  # the text ended on a stop string
+        elif finish_reason is FinishReason.STOP and out.new_token_ids:
+            stop_reason = out.new_token_ids[-1]  # EOS or a stop token id
+        if finish_reason is not None:
+            text += text_stream.flush()
+            del self._text_streams[out.request_id]
+        logprobs = (sampled[1],) if sampled is not None and sampled[1] is not None else ()
+        return replace(out, text=text, logprobs=logprobs, finish_reason=finish_reason, stop_reason=stop_reason)
+
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

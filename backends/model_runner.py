@@ -9,6 +9,7 @@ from backends.attention_metadata import AttentionMetadata
 from backends.paged_kv_cache import PagedKVCache
 from backends.sampler import SamplingRow, sample
 from backends.scheduler import SchedulerOutput
+from backends.token_logprobs import TokenLogprobs
 
 
 class ModelRunner:
@@ -26,8 +27,9 @@ class ModelRunner:
             hidden = self.model(torch.tensor(input_ids, dtype=torch.int64), meta, self.kv_cache.layers)
         return hidden, meta
 
-    def run(self, step: SchedulerOutput) -> dict[str, int]:
-        """Run one step; return the sampled token of every sequence whose chunk reached its end."""
+    def run(self, step: SchedulerOutput) -> dict[str, tuple[int, TokenLogprobs | None]]:
+        """Run one step; return the sampled token (and its logprobs, if asked for) of every
+        sequence whose chunk reached its end."""
         scheduled = step.scheduled
         input_ids: list[int] = []
         for item in scheduled:
@@ -48,4 +50,4 @@ class ModelRunner:
         seqs = [scheduled[i].seq for i in sampling]
         rows = [SamplingRow(s.params, s.generator, s.prompt_token_ids, s.output_token_ids) for s in seqs]
         out = sample(logits, rows, self.eos_token_ids)
-        return {s.request_id: t for s, t in zip(seqs, out.token_ids)}
+        return {s.request_id: (t, lp) for s, t, lp in zip(seqs, out.token_ids, out.logprobs)}

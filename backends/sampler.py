@@ -33,6 +33,7 @@ import torch
 
 from backends.logits_processors import adaptive_beta, apply_logit_bias, apply_penalties, mask_stop_tokens
 from backends.sampling_params import SamplingParams
+from backends.token_logprobs import TokenLogprobs
 
 # Usually enough to hold the nucleus of a language model's next-token distribution; rows whose top
 # 1,024 hold less than p of the mass fall back to a full sort, so the result is exact either way.
@@ -54,14 +55,6 @@ class SamplingRow:
     generator: torch.Generator | None = None  # the request's own; None = torch's global RNG
     prompt_token_ids: Sequence[int] = ()  # read only (repetition penalty)
     output_token_ids: Sequence[int] = ()  # read only (penalties, min_tokens)
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """Log-probabilities of one sampled token under the distribution it was drawn from."""
-
-    logprob: float  # of the chosen token
-    top: tuple[tuple[int, float], ...]  # (token id, logprob), most likely first; -inf ones left out
 
 
 @dataclass(frozen=True)

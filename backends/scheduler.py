@@ -83,6 +83,14 @@ class Scheduler:
                 return True
         return False
 
+    def finish(self, request_id: str, reason: FinishReason) -> None:
+        """End a running sequence now (a stop string matched after the step reported it)."""
+        for seq in self.running:
+            if seq.request_id == request_id:
+                self.running.remove(seq)
+                self._finish(seq, reason)
+                return
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self._aborted)
 

@@ -1,7 +1,7 @@
 """Text in, text out: what the servicer delegates to, free of protobuf.
 
 Resolves the backend, tokenizes the prompt, streams the engine's tokens through the engine loop
-and detokenizes them into UTF-8-safe deltas. The gRPC servicer and (later) the in-process SDK
+as the engine's UTF-8-safe text deltas. The gRPC servicer and (later) the in-process SDK
 path both call ``GenerationService.generate``.
 """
 
@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from backends.detokenizer import IncrementalDetokenizer
 from backends.engine import Engine
 from backends.outputs import FinishReason
 from backends.sampling_params import SamplingParams
@@ -68,9 +67,6 @@ class GenerationService:
         engine = self._engines[name]
         # NOTE: tokenizing a long prompt takes milliseconds of pure Python; off the event loop.
         prompt_token_ids = await asyncio.to_thread(engine.tokenizer.encode, prompt)
-        # EOS and the request's stop tokens end the text; they are reported in token_ids only.
-        skip_ids = set(engine.tokenizer.eos_token_ids) | set(sampling_params.stop_token_ids)
-        detokenizer = IncrementalDetokenizer(engine.tokenizer, skip_token_ids=skip_ids)
         num_completion_tokens = 0
         outputs = self._engine_loop.generate(
             name, prompt_token_ids, sampling_params, request_id or uuid.uuid4().hex
@@ -78,10 +74,9 @@ class GenerationService:
         async with aclosing(outputs):
             async for output in outputs:
                 num_completion_tokens += len(output.new_token_ids)
-                text = detokenizer.add(output.new_token_ids)
+                text = output.text  # the engine detokenized it and cut stop strings
                 usage = None
                 if output.finished:
-                    text += detokenizer.flush()
                     usage = Usage(output.num_prompt_tokens, num_completion_tokens, output.num_cached_prompt_tokens)
                 elif not output.new_token_ids:
                     continue  # a prefill chunk that produced no token yet
