@@ -65,3 +65,39 @@ def serve(
     except (ValueError, OSError) as exc:  # a model path or file that cannot be loaded
         typer.echo(f"routegate: could not start: {exc}", err=True)
         raise typer.Exit(code=1) from exc
+
+
+QuantizeType = Enum("QuantizeType", {n: n for n in (  # backends/quantization/quant_mixture.py's MIXTURES
+    "Q4_K_M", "Q4_K_S", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1")}, type=str)
+
+
+@app.command()
+def quantize(
+    source: Annotated[Path, typer.Argument(help="GGUF file to quantize (F32, F16, BF16 or any block type).")],
+    output: Annotated[Path, typer.Argument(help="GGUF file to write.")],
+    type: Annotated[QuantizeType, typer.Option("--type", case_sensitive=False, help="Mixture or type.")],
+    imatrix: Annotated[
+        Optional[Path], typer.Option(help="Importance matrix from llama-imatrix (.gguf or legacy .dat).")
+    ] = None,
+) -> None:
+    """Quantize a GGUF file, choosing types and scales as llama.cpp's llama-quantize does.
+
+        routegate quantize model-f32.gguf model-q4_k_m.gguf --type Q4_K_M [--imatrix imatrix.gguf]
+    """
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    from backends.gguf_export import GGUFQuantizer
+    from backends.quantization.quantizer_imatrix import load_imatrix
+
+    try:
+        job = GGUFQuantizer(source, type.value, load_imatrix(imatrix) if imatrix else None)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"routegate: cannot quantize: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task(type.value, total=max(job.total_weights, 1))
+        report = job.write(output, progress=lambda name, weights: bar.update(task, advance=weights, description=name))
+        bar.update(task, description=f"{type.value}: done", completed=max(job.total_weights, 1))
+    typer.echo(f"wrote {report.path}: {report.file_size / 2**20:.1f} MiB, {report.num_requantized} tensors "
+               f"quantized, {report.num_copied} copied")
