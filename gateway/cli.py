@@ -101,3 +101,19 @@ def quantize(
         bar.update(task, description=f"{type.value}: done", completed=max(job.total_weights, 1))
     typer.echo(f"wrote {report.path}: {report.file_size / 2**20:.1f} MiB, {report.num_requantized} tensors "
                f"quantized, {report.num_copied} copied")
+
+
+@app.command()
+def health(
+    host: Annotated[str, typer.Option(help="Gateway host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 50051,
+    service: Annotated[str, typer.Option(help="Health service name; empty = the whole gateway, or a backend name.")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 3.0,
+) -> None:
+    """Exit 0 if the gateway (or one backend) reports SERVING over grpc.health.v1, else 1."""
+    from gateway.health_probe import check
+
+    status = check(f"{host}:{port}", service, timeout)
+    typer.echo(status)
+    if status != "SERVING":
+        raise typer.Exit(code=1)
