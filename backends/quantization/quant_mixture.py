@@ -22,6 +22,7 @@ layers, 70B-specific upgrades and Falcon's special cases.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,6 +100,11 @@ def _category(name: str) -> str:
     return "other"
 
 
+def _layer(name: str) -> int:
+    match = re.match(r"blk\.(\d+)\.", name)
+    return int(match.group(1)) if match else -1
+
+
 def _fallback(new_type: GGMLQuantizationType, num_cols: int) -> GGMLQuantizationType:
     if num_cols % GGML_QUANT_SIZES[new_type][0] == 0:
         return new_type
@@ -110,12 +116,11 @@ def _fallback(new_type: GGMLQuantizationType, num_cols: int) -> GGMLQuantization
 
 def plan_tensor_types(tensors: Sequence[TensorSpec], mixture: str | Mixture,
                       has_imatrix: bool = False) -> dict[str, GGMLQuantizationType | None]:
-    """Target type per tensor name, in the given (file) order; None = not quantized.
-
-    Layer counters advance in file order, as llama.cpp's do, so pass the tensors in the
-    order the source file stores them.
-    """
+    """Target type per tensor name; None = not quantized (keep the stored type)."""
     mix = mixture if isinstance(mixture, Mixture) else resolve_mixture(mixture)
+    # NOTE: llama.cpp visits tensors by layer number, then name (weight_name_comparer), so
+    # "blk.10" comes after "blk.9" whatever order the file stores them in.
+    tensors = sorted(tensors, key=lambda t: (_layer(t.name), t.name))
     names = [t.name for t in tensors]
     tied = "output.weight" not in names
     num_attn_v = sum(_category(n) == "attn_v" for n in names)

@@ -10,6 +10,13 @@ Without an importance matrix these follow ggml-quants.c's quantize_row_q{4,5,6}_
     Q6_K       per 16-weight sub-block a symmetric fit (make_qx_quants, weights x**2), the
                16 scales to int8 against fp16 d, then the same re-rounding.
 
+Then one step llama.cpp does not take (refine=True, the default): with the block's fp16 d
+(and dmin) fixed, each sub-block tries its neighbouring integer scales (and mins) and keeps
+the one with the least weighted squared error, using the very weights the search used.
+The unrefined choice is among the candidates, so this never does worse; llama.cpp's own
+choice differs from ours only at near-ties of its float searches, a step or two away, so
+it is usually among them too. refine=False reproduces llama.cpp (tests compare the bytes).
+
 Each function takes x float32 [rows, cols] (cols a multiple of 256) and an optional
 importance vector [cols] (llama.cpp's imatrix entry for the tensor: one weight per column).
 """
@@ -62,8 +69,51 @@ def _requantize(x: np.ndarray, levels: np.ndarray, factor: np.ndarray, offset: n
     return np.where(live[..., None], fresh, levels)
 
 
+def _weighted_error(x: np.ndarray, w: np.ndarray, codes: np.ndarray, factor: np.ndarray,
+                    offset: np.ndarray | None) -> np.ndarray:
+    """Per sub-block sum of w * (decoded - x)**2, decoding as ggml does: factor * q - offset."""
+    decoded = factor[..., None] * codes.astype(np.float32)
+    if offset is not None:
+        decoded = decoded - offset[..., None]
+    diff = decoded - x
+    return np.sum(w * diff * diff, axis=-1, dtype=np.float32)
+
+
+def _refine(x: np.ndarray, w: np.ndarray, levels: np.ndarray, d: np.ndarray, sc: np.ndarray,
+            dmin: np.ndarray | None, mn: np.ndarray | None, sc_range: tuple[int, int], low: int, high: int,
+            steps: range) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Best (scale code, min code) per sub-block within `steps` of the current ones.
+
+    x, w, levels [n, S, k]; d, dmin float32 [n]; sc, mn int [n, S]. Candidates are tried
+    current first, and only a strictly smaller error replaces it. Returns (sc, mn, codes).
+    """
+    def encode(cand_sc: np.ndarray, cand_mn: np.ndarray | None):
+        factor = d[:, None] * cand_sc.astype(np.float32)
+        offset = None if cand_mn is None else dmin[:, None] * cand_mn.astype(np.float32)
+        codes = _requantize(x, levels, factor, offset, low, high)
+        return codes, _weighted_error(x, w, codes, factor, offset)
+
+    best_codes, best_err = encode(sc, mn)
+    best_sc, best_mn = sc, mn
+    min_steps = steps if mn is not None else range(1)
+    for a in steps:
+        for b in min_steps:
+            if a == 0 and b == 0:
+                continue
+            cand_sc = np.clip(sc + a, *sc_range)
+            cand_mn = None if mn is None else np.clip(mn + b, 0, 63)
+            codes, err = encode(cand_sc, cand_mn)
+            take = err < best_err
+            if take.any():
+                best_err = np.where(take, err, best_err)
+                best_sc = np.where(take, cand_sc, best_sc)
+                best_mn = None if mn is None else np.where(take, cand_mn, best_mn)
+                best_codes = np.where(take[..., None], codes, best_codes)
+    return best_sc, best_mn, best_codes
+
+
 def _quantize_with_min(x: np.ndarray, importance: np.ndarray | None, nmax: int, fmt,
-                       ref_search: tuple[float, float, int]) -> BlockCodes:
+                       ref_search: tuple[float, float, int], refine: bool) -> BlockCodes:
     xb, qw = _blocks(x, importance)
     n = xb.shape[0]
     xs = xb.reshape(n, 8, 32)
@@ -89,23 +139,28 @@ def _quantize_with_min(x: np.ndarray, importance: np.ndarray | None, nmax: int, 
         d_block, ls = make_qp_quants(scale.reshape(n, 8), sum_w, 63)
         m_block, lm = make_qp_quants(the_min.reshape(n, 8), sum_w, 63)
         d, dmin = _fp16(d_block), _fp16(m_block)
-    factor = d.astype(np.float32)[:, None] * ls.astype(np.float32)
-    offset = dmin.astype(np.float32)[:, None] * lm.astype(np.float32)
-    codes = _requantize(xs, levels.reshape(n, 8, 32).astype(np.int32), factor, offset, 0, nmax)
-    return BlockCodes(fmt, codes.reshape(n, QK_K).astype(np.uint8), d, dmin, scales=ls, mins=lm)
+    d32, dmin32 = d.astype(np.float32), dmin.astype(np.float32)
+    levels = levels.reshape(n, 8, 32).astype(np.int32)
+    if refine:
+        ls, lm, codes = _refine(xs, w, levels, d32, ls.astype(np.int32), dmin32, lm.astype(np.int32),
+                                (0, 63), 0, nmax, range(-1, 2))
+    else:
+        codes = _requantize(xs, levels, d32[:, None] * ls, dmin32[:, None] * lm, 0, nmax)
+    return BlockCodes(fmt, codes.reshape(n, QK_K).astype(np.uint8), d, dmin,
+                      scales=ls.astype(np.uint8), mins=lm.astype(np.uint8))
 
 
-def quantize_q4_k(x: np.ndarray, importance: np.ndarray | None = None) -> BlockCodes:
+def quantize_q4_k(x: np.ndarray, importance: np.ndarray | None = None, refine: bool = True) -> BlockCodes:
     """Rows [r, c] -> Q4_K BlockCodes [r * c / 256 blocks]."""
-    return _quantize_with_min(x, importance, 15, Q4_K, ref_search=(-1.0, 0.1, 20))
+    return _quantize_with_min(x, importance, 15, Q4_K, ref_search=(-1.0, 0.1, 20), refine=refine)
 
 
-def quantize_q5_k(x: np.ndarray, importance: np.ndarray | None = None) -> BlockCodes:
+def quantize_q5_k(x: np.ndarray, importance: np.ndarray | None = None, refine: bool = True) -> BlockCodes:
     """Rows [r, c] -> Q5_K BlockCodes."""
-    return _quantize_with_min(x, importance, 31, Q5_K, ref_search=(-0.5, 0.1, 15))
+    return _quantize_with_min(x, importance, 31, Q5_K, ref_search=(-0.5, 0.1, 15), refine=refine)
 
 
-def quantize_q6_k(x: np.ndarray, importance: np.ndarray | None = None) -> BlockCodes:
+def quantize_q6_k(x: np.ndarray, importance: np.ndarray | None = None, refine: bool = True) -> BlockCodes:
     """Rows [r, c] -> Q6_K BlockCodes (importance, when given, weighs the fit directly)."""
     xb, qw = _blocks(x, importance)
     n = xb.shape[0]
@@ -119,10 +174,16 @@ def quantize_q6_k(x: np.ndarray, importance: np.ndarray | None = None) -> BlockC
         iscale = np.where(live, _F(-128) / np.where(live, max_scale, _F(1)), _F(0)).astype(np.float32)
         d = _fp16(np.where(live, _F(1) / np.where(live, iscale, _F(1)), _F(0)))
     sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
-    factor = d.astype(np.float32)[:, None] * sc.astype(np.float32)
     signed_levels = levels.reshape(n, 16, 16).astype(np.int32) - 32
-    codes = _requantize(xb.reshape(n, 16, 16), signed_levels, factor, None, -32, 31) + 32
+    xs = xb.reshape(n, 16, 16)
+    d32 = d.astype(np.float32)
+    if refine:
+        w = xs * xs if qw is None else qw.reshape(n, 16, 16)  # the weights make_qx_quants used
+        sc, _, codes = _refine(xs, w, signed_levels, d32, sc.astype(np.int32), None, None, (-128, 127),
+                               -32, 31, range(-5, 6))
+    else:
+        codes = _requantize(xs, signed_levels, d32[:, None] * sc.astype(np.float32), None, -32, 31)
     # An all-zero block is written as zero bytes: codes 0, scales 0, d 0.
-    codes = np.where(live[:, None, None], codes, 0).reshape(n, QK_K).astype(np.uint8)
+    codes = np.where(live[:, None, None], codes + 32, 0).reshape(n, QK_K).astype(np.uint8)
     sc = np.where(live[:, None], sc, 0).astype(np.int8)
     return BlockCodes(Q6_K, codes, np.where(live, d, np.float16(0)), scales=sc)
