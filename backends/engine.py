@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from backends.engine_config import EngineConfig
+from backends.engine_kv_tier import EngineKVTier
 from backends.engine_stats import EngineStats
 from backends.kv_pool import KVLayout, KVPool
+from backends.kv_tier import KVTier
 from backends.model_config import ModelConfig
 from backends.model_runner import ModelRunner
 from backends.outputs import FinishReason, StepOutput
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
 
 class Engine:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, model: nn.Module,
-                 tokenizer: "Tokenizer", pool: KVPool, layout: KVLayout, fingerprint: str) -> None:
+                 tokenizer: "Tokenizer", pool: KVPool, layout: KVLayout, fingerprint: str,
+                 kv_tier: KVTier | None = None) -> None:
         self.config = config
         self.name = config.name
         self.model_config = model_config
@@ -55,6 +58,8 @@ class Engine:
         self._arrivals = itertools.count()
         self._text_streams: dict[str, TextStream] = {}  # request id -> its detokenizer and stop strings
         self.load_seconds: float | None = None  # set by the loader: time to build this engine
+        # The shared Redis tier (None = off): fetches before admission, writes full blocks behind.
+        self.kv_tier = EngineKVTier(kv_tier, self.scheduler, self.kv_cache, self.fingerprint) if kv_tier else None
 
     def add_request(self, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     request_id: str | None = None) -> str:
@@ -65,18 +70,24 @@ class Engine:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         request_id = request_id or uuid.uuid4().hex
         seq = Sequence(request_id, prompt_token_ids, sampling_params, next(self._arrivals))
-        self.scheduler.add(seq)
+        if self.kv_tier is None or not self.kv_tier.defer(seq):
+            self.scheduler.add(seq)
         self._text_streams[request_id] = TextStream(self.tokenizer, sampling_params)
         return request_id
 
     def step(self) -> list[StepOutput]:
+        if self.kv_tier is not None:
+            self.kv_tier.admit_ready()
         step = self.scheduler.schedule()
         sampled = self.runner.run(step) if step.scheduled else {}
         outputs = self.scheduler.update(step, {rid: t for rid, (t, _) in sampled.items()})
+        if self.kv_tier is not None:
+            self.kv_tier.write_behind()
         return [self._finish_output(out, sampled.get(out.request_id)) for out in outputs]
 
     def abort(self, request_id: str) -> None:
-        self.scheduler.abort(request_id)
+        if self.kv_tier is None or not self.kv_tier.abort(request_id):
+            self.scheduler.abort(request_id)
 
     def _finish_output(self, out: StepOutput, sampled: tuple[int, TokenLogprobs | None] | None) -> StepOutput:
         """Detokenize the step's tokens, cut stop strings (finishing the request on a match),
@@ -101,7 +112,7 @@ class Engine:
 
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or (self.kv_tier is not None and self.kv_tier.has_pending())
 
     def stats(self) -> EngineStats:
         fill: dict[int, int] = {}  # block id -> computed tokens in it (shared blocks counted once)
@@ -118,7 +129,9 @@ class Engine:
             pool_blocks_free=blocks.num_free, pool_blocks_cached=blocks.num_cached_free,
             blocks_held=len(fill), slots_allocated=len(fill) * self.block_size,
             slots_filled=sum(fill.values()), page_waste=self.pool.page_waste(self.kv_cache.layout),
-            prefix_query_tokens=sched.prefix_query_tokens, prefix_hit_tokens=sched.prefix_hit_tokens)
+            prefix_query_tokens=sched.prefix_query_tokens, prefix_hit_tokens=sched.prefix_hit_tokens,
+            kv_tier=self.kv_tier.status() if self.kv_tier else None,
+            kv_tier_loaded_tokens=self.kv_tier.loaded_tokens if self.kv_tier else 0)
 
     def generate(self, prompt_token_ids: list[int], sampling_params: SamplingParams) -> list[int]:
         """Run one request to completion (tests, benchmarks, the CLI); other requests may share steps."""

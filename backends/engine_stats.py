@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backends.kv_tier import KVTierStatus
+
 
 @dataclass(frozen=True)
 class EngineStats:
@@ -20,6 +22,8 @@ class EngineStats:
     page_waste: float  # share of each page this engine's layout cannot use (rounding)
     prefix_query_tokens: int  # prompt tokens looked up in the prefix cache
     prefix_hit_tokens: int  # of those, tokens served from cached blocks
+    kv_tier: KVTierStatus | None = None  # the shared Redis tier (state, counters); None = off
+    kv_tier_loaded_tokens: int = 0  # prompt tokens whose K/V this engine loaded from the tier
 
     @property
     def kv_waste(self) -> float:

@@ -12,6 +12,8 @@ from backends.dense_weights import DTYPES, DenseWeights
 from backends.engine import Engine
 from backends.engine_config import EngineConfig
 from backends.kv_pool import KVLayout, KVPool, default_kv_cache_bytes
+from backends.kv_tier import KVTier, open_kv_tier
+from backends.kv_tier_config import KVTierConfig
 from backends.tokenizer import Tokenizer
 
 BUNDLED_PREFIX = "bundled:"
@@ -31,8 +33,10 @@ def resolve_model_path(model: str) -> str:
     return os.path.expanduser(model)
 
 
-def load_engines(configs: list[EngineConfig], kv_cache_bytes: int | None = None) -> dict[str, Engine]:
-    """Engines by name, all allocating KV blocks from one pool of kv_cache_bytes."""
+def load_engines(configs: list[EngineConfig], kv_cache_bytes: int | None = None,
+                 kv_tier: KVTierConfig | None = None) -> dict[str, Engine]:
+    """Engines by name, all allocating KV blocks from one pool of kv_cache_bytes and sharing one
+    KV tier (Redis) when kv_tier names one."""
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"backend names must be unique, got {names}")
@@ -40,9 +44,10 @@ def load_engines(configs: list[EngineConfig], kv_cache_bytes: int | None = None)
     checkpoints = [open_checkpoint(resolve_model_path(c.model)) for c in configs]
     layouts = [KVLayout.of(ck.config, DTYPES[c.dtype]) for c, ck in zip(configs, checkpoints)]
     pool = KVPool(layouts, kv_cache_bytes or default_kv_cache_bytes())
+    tier = open_kv_tier(kv_tier)
     engines = {}
     for config, checkpoint, layout in zip(configs, checkpoints, layouts):
-        engines[config.name] = _build(config, checkpoint, layout, pool)
+        engines[config.name] = _build(config, checkpoint, layout, pool, tier)
         engines[config.name].load_seconds = time.perf_counter() - started
         started = time.perf_counter()
     return engines
@@ -53,7 +58,8 @@ def load_engine(config: EngineConfig, kv_cache_bytes: int | None = None) -> Engi
     return load_engines([config], kv_cache_bytes)[config.name]
 
 
-def _build(config: EngineConfig, checkpoint: Checkpoint, layout: KVLayout, pool: KVPool) -> Engine:
+def _build(config: EngineConfig, checkpoint: Checkpoint, layout: KVLayout, pool: KVPool,
+           tier: KVTier | None) -> Engine:
     if isinstance(checkpoint, GGUFCheckpoint):
         tokenizer = Tokenizer.from_gguf_metadata(checkpoint.file.metadata)
     else:
@@ -62,4 +68,4 @@ def _build(config: EngineConfig, checkpoint: Checkpoint, layout: KVLayout, pool:
     model_class = models.MODEL_CLASSES[checkpoint.config.architecture]
     max_len = min(config.max_model_len, checkpoint.config.max_position_embeddings)
     model = model_class(checkpoint.config, weights, max_positions=max_len).eval()
-    return Engine(config, checkpoint.config, model, tokenizer, pool, layout, checkpoint.fingerprint)
+    return Engine(config, checkpoint.config, model, tokenizer, pool, layout, checkpoint.fingerprint, tier)

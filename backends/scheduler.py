@@ -9,6 +9,7 @@ preempted: its blocks are freed and it is recomputed later (vLLM's recompute pre
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from backends.block_pool import BlockPool
@@ -60,8 +61,16 @@ class Scheduler:
         self.running: list[Sequence] = []
         self._aborted: list[Sequence] = []
         self.num_preemptions = 0
+        # Called with (block id, chain hash) when a computed full block joins the prefix cache
+        # (the KV tier writes it behind); None = nobody listens.
+        self.on_block_cached: Callable[[int, bytes], None] | None = None
 
     def add(self, seq: Sequence) -> None:
+        self.check(seq)
+        self.waiting.append(seq)
+
+    def check(self, seq: Sequence) -> None:
+        """Raise ValueError if seq can never run here (too long for the context or the pool)."""
         max_len = min(self.config.max_model_len, seq.num_prompt_tokens + seq.params.max_tokens)
         if seq.num_prompt_tokens >= self.config.max_model_len:
             raise ValueError(f"prompt of {seq.num_prompt_tokens} tokens leaves no room in the "
@@ -69,7 +78,6 @@ class Scheduler:
         if self._blocks_for(max_len) > self.pool.num_blocks:
             raise ValueError(f"request needs {self._blocks_for(max_len)} KV blocks, the pool has "
                              f"{self.pool.num_blocks}")
-        self.waiting.append(seq)
 
     def abort(self, request_id: str) -> bool:
         for seq in list(self.waiting) + self.running:
@@ -175,9 +183,8 @@ class Scheduler:
         chunk's token count, or 0 (and change nothing) if the pool cannot hold it."""
         hits: list[int] = []
         if self.config.enable_prefix_caching:
-            self._extend_hashes(seq, seq.num_tokens)
             # At least one token is always computed: its logits pick the next token.
-            hits = self.pool.lookup(seq.block_hashes[:(seq.num_tokens - 1) // self.config.block_size])
+            hits = self.pool.lookup(self.prefix_hashes(seq))
         num_cached = len(hits) * self.config.block_size
         num_new = min(seq.num_tokens - num_cached, budget)
         needed = self._blocks_for(num_cached + num_new) - len(hits)
@@ -195,6 +202,11 @@ class Scheduler:
                 self.prefix_query_tokens += seq.num_prompt_tokens
                 self.prefix_hit_tokens += num_cached
         return num_new
+
+    def prefix_hashes(self, seq: Sequence) -> list[bytes]:
+        """Chain hashes of the prompt's full blocks that a prefix hit may cover (not the last token's)."""
+        self._extend_hashes(seq, seq.num_tokens)
+        return seq.block_hashes[:(seq.num_tokens - 1) // self.config.block_size]
 
     def _extend_hashes(self, seq: Sequence, num_tokens: int) -> None:
         """Hash every full block among the first num_tokens tokens that has no hash yet."""
@@ -215,6 +227,8 @@ class Scheduler:
         self._extend_hashes(seq, seq.num_computed_tokens)
         for i in range(seq.num_registered_blocks, num_full):
             self.pool.cache(seq.block_table[i], seq.block_hashes[i])
+            if self.on_block_cached is not None:
+                self.on_block_cached(seq.block_table[i], seq.block_hashes[i])
         seq.num_registered_blocks = num_full
 
     def _grow(self, seq: Sequence, num_tokens: int) -> bool:

@@ -17,6 +17,7 @@
     api_keys = ["key-1", "key-2"]         # optional; clients send `authorization: Bearer <key>`
     max_pending_requests = 1024           # requests in flight (queued + running); more = RESOURCE_EXHAUSTED
     metrics_port = 9090                   # optional; Prometheus /metrics on host:metrics_port
+    redis_url = "redis://127.0.0.1:6379/0"  # optional; the shared KV tier; also redis_ttl_seconds, ...
 
 A backend table takes every field of backends.engine_config.EngineConfig (max_num_batched_tokens,
 max_num_seqs, enable_prefix_caching, ...); the engine validates them. A backend with
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.engine_config import EngineConfig
+from backends.kv_tier_config import KVTierConfig
 from gateway.litellm_config import LITELLM_ENGINE, LiteLLMConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +98,13 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = ()  # accepted `authorization: Bearer <key>` keys; () = no auth
     max_pending_requests: int = 1024  # requests in flight (queued + running) before RESOURCE_EXHAUSTED
     metrics_port: int | None = None  # Prometheus endpoint on host:metrics_port; None = off, 0 = any
+    # The Redis KV tier behind the prefix cache (backends/kv_tier.py); no URL = off.
+    redis_url: str = ""  # redis://host:port/db
+    redis_ttl_seconds: int = 86400  # a stored block expires this long after its last write
+    redis_kv_dtype: str = "bfloat16"  # stored K/V: bfloat16 | float16
+    redis_queue_blocks: int = 64  # write-behind queue; blocks beyond it are dropped, not waited for
+    redis_max_fetch_bytes: int = 64 << 20  # bytes of blocks one request may fetch at most
+    redis_timeout_s: float = 0.5  # socket timeout of each Redis call; slower = degraded, recompute
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -108,6 +117,7 @@ class GatewayConfig:
             raise ValueError(f"grace_period_s must be >= 0, got {self.grace_period_s}")
         object.__setattr__(self, "backends", tuple(self.backends))
         self._check_serving_keys()
+        self.kv_tier  # noqa: B018 - validates the redis_* keys (errors name them)
         if not self.backends:
             raise ValueError("backends must list at least one backend")
         names = [b.name for b in self.backends]
@@ -134,6 +144,12 @@ class GatewayConfig:
             object.__setattr__(self, "router", str(DEFAULT_ROUTER) if default else "")
         elif self.router and not Path(self.router).is_file():
             raise ValueError(f"router file {self.router!r} does not exist")
+
+    @property
+    def kv_tier(self) -> KVTierConfig:
+        """The redis_* keys as the loader's KV tier config."""
+        return KVTierConfig(self.redis_url, self.redis_ttl_seconds, self.redis_kv_dtype, self.redis_queue_blocks,
+                            self.redis_max_fetch_bytes, self.redis_timeout_s)
 
     def with_overrides(self, host: str | None = None, port: int | None = None) -> GatewayConfig:
         """A copy with the command line's --host/--port, which win over the file."""

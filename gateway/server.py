@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from backends.engine import Engine
 from backends.engine_config import EngineConfig
+from backends.kv_tier import TIER_OK, KVTier
 from backends.loader import load_engines
 from gateway.config import GatewayConfig
 from gateway.engine_loop import EngineLoop
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 EngineLoader = Callable[[list[EngineConfig], int | None], dict[str, Engine]]
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name  # routegate.v1.Gateway
+# Health of the Redis KV tier, when one is configured: NOT_SERVING while it is degraded. The
+# gateway ("") stays SERVING then, since every request is still answered (by recompute).
+KV_TIER_SERVICE = "routegate.kv_tier"
+KV_TIER_POLL_S = 0.5
 
 
 class GatewayServer:
@@ -49,6 +55,7 @@ class GatewayServer:
         self._servicer = GatewayServicer()
         self._health = health.aio.HealthServicer()
         self._engine_loop: EngineLoop | None = None
+        self._kv_tier_watch: asyncio.Task[None] | None = None
         gateway_pb2_grpc.add_GatewayServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -67,9 +74,10 @@ class GatewayServer:
         logger.info("listening on %s:%d; loading %d backend(s)", self.config.host, port, len(self.config.backends))
         return port
 
-    async def load_backends(self, loader: EngineLoader = load_engines) -> None:
+    async def load_backends(self, loader: EngineLoader | None = None) -> None:
         """Load every backend's engine (one shared KV pool), start the engine thread, turn SERVING."""
         start = asyncio.get_running_loop().time()
+        loader = loader or partial(load_engines, kv_tier=self.config.kv_tier)
         configs = [backend.engine for backend in self.config.backends]
         self.engines = await asyncio.to_thread(loader, configs, self.config.kv_cache_bytes)
         logger.info("loaded %s in %.1f s", ", ".join(self.engines), asyncio.get_running_loop().time() - start)
@@ -77,6 +85,8 @@ class GatewayServer:
         self._engine_loop.start()
         self._servicer.service = GenerationService(self.engines, self._engine_loop, self.config.default_backend)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self._kv_tiers():
+            self._kv_tier_watch = asyncio.create_task(self._watch_kv_tier())
         logger.info("serving %s on port %d", ", ".join(self.engines), self.port)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -86,6 +96,25 @@ class GatewayServer:
         await self._server.stop(grace)
         if self._engine_loop is not None:
             await asyncio.to_thread(self._engine_loop.stop)
+        if self._kv_tier_watch is not None:
+            self._kv_tier_watch.cancel()
+        for tier in self._kv_tiers():
+            await asyncio.to_thread(tier.close)  # writes what is still queued, for a bounded time
+
+    def _kv_tiers(self) -> list[KVTier]:
+        """The KV tiers the engines use (one, shared, when redis_url is set)."""
+        tiers = (getattr(e, "kv_tier", None) for e in self.engines.values())
+        return list({id(t.tier): t.tier for t in tiers if t is not None}.values())
+
+    async def _watch_kv_tier(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        previous = None
+        while True:
+            degraded = any(tier.status().state != TIER_OK for tier in self._kv_tiers())
+            if degraded != previous:
+                await self._health.set(KV_TIER_SERVICE, serving[degraded])
+                previous = degraded
+            await asyncio.sleep(KV_TIER_POLL_S)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *(b.name for b in self.config.backends)):
