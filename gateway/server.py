@@ -3,10 +3,11 @@
     routegate serve                       # the CLI entry; see gateway/cli.py
     asyncio.run(serve(GatewayConfig()))   # the same from Python
 
-Start-up order: the port is bound first (health NOT_SERVING, Generate UNAVAILABLE), then the
-backends load on a worker thread, then health turns SERVING for "" and for each backend name.
-On SIGTERM/SIGINT health turns NOT_SERVING, in-flight requests get ``grace_period_s`` to finish,
-and the engine thread is stopped.
+Start-up order: the port (and the metrics port) is bound first (health NOT_SERVING, requests
+UNAVAILABLE), then the backends and the router load on a worker thread, then health turns
+SERVING for "" and for each backend name. On SIGTERM/SIGINT new requests get UNAVAILABLE, health
+turns NOT_SERVING, in-flight requests get ``grace_period_s`` to finish, and the engine thread is
+stopped.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from backends.engine import Engine
 from backends.engine_config import EngineConfig
 from backends.kv_tier import TIER_OK, KVTier
 from backends.loader import load_engines
+from gateway.auth import AuthInterceptor
 from gateway.config import GatewayConfig
 from gateway.engine_loop import EngineLoop
 from gateway.errors import ErrorInterceptor
 from gateway.generation_service import GenerationService
+from gateway.litellm_backend import LiteLLMBackend
+from gateway.metrics import GatewayMetrics
 from gateway.proto_gen.routegate.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.routing import RoutingService, load_router
 from gateway.servicer import GatewayServicer
 
 logger = logging.getLogger(__name__)
@@ -51,8 +56,14 @@ class GatewayServer:
         self.config = config
         self.port: int | None = None  # the bound port, known after start()
         self.engines: dict[str, Engine] = {}  # backend name -> engine, filled by load_backends()
-        self._server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        self._servicer = GatewayServicer()
+        self.metrics = GatewayMetrics()  # its own registry: several servers may share a process
+        self.metrics_port: int | None = None  # the bound metrics port, when metrics_port is set
+        self.service: GenerationService | None = None  # set once the backends have loaded
+        # Auth runs first, so an unauthenticated call never reaches a handler.
+        interceptors = [AuthInterceptor(config.api_keys)] if config.api_keys else []
+        self._server = grpc.aio.server(interceptors=[*interceptors, ErrorInterceptor()])
+        self._servicer = GatewayServicer(self._list_backends)
+        self._router: RoutingService | None = None
         self._health = health.aio.HealthServicer()
         self._engine_loop: EngineLoop | None = None
         self._kv_tier_watch: asyncio.Task[None] | None = None
@@ -69,21 +80,35 @@ class GatewayServer:
         if port == 0:
             raise RuntimeError(f"could not bind {address}")
         self.port = port
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.start_http(self.config.host, self.config.metrics_port)
+            logger.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         logger.info("listening on %s:%d; loading %d backend(s)", self.config.host, port, len(self.config.backends))
         return port
 
     async def load_backends(self, loader: EngineLoader | None = None) -> None:
-        """Load every backend's engine (one shared KV pool), start the engine thread, turn SERVING."""
+        """Load every backend's engine (one shared KV pool) and the router, start the engine
+        thread, turn SERVING."""
         start = asyncio.get_running_loop().time()
         loader = loader or partial(load_engines, kv_tier=self.config.kv_tier)
-        configs = [backend.engine for backend in self.config.backends]
-        self.engines = await asyncio.to_thread(loader, configs, self.config.kv_cache_bytes)
+        config = self.config
+        local = [backend.engine for backend in config.backends if backend.is_local]
+        remote = {b.name: LiteLLMBackend(b.engine) for b in config.backends if not b.is_local}
+        if config.router:
+            costs = {b.name: b.cost for b in config.backends}
+            router = await asyncio.to_thread(load_router, config.router, costs, [b.name for b in config.backends])
+            self._router = RoutingService(router, self.metrics)
+        self.engines = await asyncio.to_thread(loader, local, config.kv_cache_bytes) if local else {}
         logger.info("loaded %s in %.1f s", ", ".join(self.engines), asyncio.get_running_loop().time() - start)
-        self._engine_loop = EngineLoop(self.engines)
+        self._engine_loop = EngineLoop(self.engines, self.metrics)
         self._engine_loop.start()
-        self._servicer.service = GenerationService(self.engines, self._engine_loop, self.config.default_backend)
+        self.service = GenerationService(
+            self.engines, self._engine_loop, config.default_backend, remote=remote, router=self._router,
+            metrics=self.metrics, max_pending_requests=config.max_pending_requests,
+        )
+        self._servicer.service = self.service
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self._kv_tiers():
             self._kv_tier_watch = asyncio.create_task(self._watch_kv_tier())
@@ -92,6 +117,8 @@ class GatewayServer:
     async def stop(self, grace: float | None = None) -> None:
         """Turn health NOT_SERVING, let in-flight calls finish for ``grace`` s, stop the engines."""
         grace = self.config.grace_period_s if grace is None else grace
+        if self.service is not None:
+            self.service.draining = True
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
         if self._engine_loop is not None:
@@ -100,6 +127,25 @@ class GatewayServer:
             self._kv_tier_watch.cancel()
         for tier in self._kv_tiers():
             await asyncio.to_thread(tier.close)  # writes what is still queued, for a bounded time
+        if self._router is not None:
+            self._router.close()
+        self.metrics.stop_http()
+
+    def _list_backends(self) -> gateway_pb2.ListBackendsResponse:
+        ready = self.service is not None and not self.service.draining
+        backends = []
+        for backend in self.config.backends:
+            engine = self.engines.get(backend.name)
+            settings = backend.engine
+            backends.append(gateway_pb2.BackendInfo(
+                name=backend.name, engine=settings.engine, model=settings.model,
+                quant_type=getattr(settings, "quant_type", "") or getattr(settings, "dtype", ""),
+                context_length=engine.max_model_len if engine is not None else settings.max_model_len,
+                cost=backend.cost, status="serving" if ready else "not_serving",
+            ))
+        return gateway_pb2.ListBackendsResponse(
+            backends=backends, default_backend=self.config.default_backend, has_router=bool(self.config.router)
+        )
 
     def _kv_tiers(self) -> list[KVTier]:
         """The KV tiers the engines use (one, shared, when redis_url is set)."""

@@ -7,8 +7,6 @@ takes the engine over (from then on only its engine thread may touch it).
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +22,7 @@ from backends.loader import load_engines
 from backends.sampling_params import SamplingParams
 from gateway.config import BackendConfig, GatewayConfig
 from gateway.proto_gen.routegate.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.server import GatewayServer
+from gateway.server_thread import ServerThread
 
 BACKENDS = ("gemma3-270m", "smollm2-135m")
 KV_CACHE_BYTES = 64 * 1024 * 1024  # plenty for these tests
@@ -40,29 +38,6 @@ CONFIG = GatewayConfig(
     host="127.0.0.1", port=0, kv_cache_bytes=KV_CACHE_BYTES,
     backends=tuple(BackendConfig.of(name, f"bundled:{name}") for name in BACKENDS),
 )
-
-
-class ServerThread:
-    """A GatewayServer running on an event loop in a background thread."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: GatewayServer = self.call(self._make(config))
-        self.port = self.call(self.server.start())
-
-    @staticmethod
-    async def _make(config: GatewayConfig) -> GatewayServer:
-        return GatewayServer(config)
-
-    def call(self, coro, timeout: float = 600):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.call(self.server.stop(grace=1.0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @dataclass(frozen=True)
