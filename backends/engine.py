@@ -10,6 +10,7 @@ Not thread-safe: one thread (the gateway's engine loop) owns it.
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -27,13 +28,15 @@ from backends.model_runner import ModelRunner
 from backends.outputs import FinishReason, StepOutput
 from backends.paged_kv_cache import PagedKVCache
 from backends.sampling_params import SamplingParams
-from backends.scheduler import Scheduler, SchedulerConfig
+from backends.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from backends.sequence import Sequence
 from backends.text_stream import TextStream
 from backends.token_logprobs import TokenLogprobs
 
 if TYPE_CHECKING:
     from backends.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 class Engine:
@@ -79,11 +82,35 @@ class Engine:
         if self.kv_tier is not None:
             self.kv_tier.admit_ready()
         step = self.scheduler.schedule()
-        sampled = self.runner.run(step) if step.scheduled else {}
+        sampled, failed = self._run(step) if step.scheduled else ({}, {})
+        for request_id in failed:
+            self.scheduler.abort(request_id)  # reported (with its error) by update() below
         outputs = self.scheduler.update(step, {rid: t for rid, (t, _) in sampled.items()})
+        if failed:
+            outputs = [replace(o, error=failed.get(o.request_id)) for o in outputs]
         if self.kv_tier is not None:
             self.kv_tier.write_behind()
         return [self._finish_output(out, sampled.get(out.request_id)) for out in outputs]
+
+    def _run(self, step: SchedulerOutput) -> tuple[dict[str, tuple[int, TokenLogprobs | None]], dict[str, str]]:
+        """Run the step; if it raises, run its sequences one by one so that only the ones that
+        fail on their own are failed (their error by request id), and the rest of the batch goes on.
+
+        NOTE: re-running is safe: a forward pass writes the same K/V into the same slots.
+        """
+        try:
+            return self.runner.run(step), {}
+        except Exception:  # noqa: BLE001 - isolated below; a systematic fault fails each request
+            logger.exception("engine %r: a batched step failed; retrying its %d sequences one by one",
+                             self.name, len(step.scheduled))
+        sampled: dict[str, tuple[int, TokenLogprobs | None]] = {}
+        failed: dict[str, str] = {}
+        for item in step.scheduled:
+            try:
+                sampled.update(self.runner.run(SchedulerOutput([item])))
+            except Exception as exc:  # noqa: BLE001 - this request's own failure
+                failed[item.seq.request_id] = f"{type(exc).__name__}: {exc}"
+        return sampled, failed
 
     def abort(self, request_id: str) -> None:
         if self.kv_tier is None or not self.kv_tier.abort(request_id):
@@ -109,7 +136,6 @@ class Engine:
             del self._text_streams[out.request_id]
         logprobs = (sampled[1],) if sampled is not None and sampled[1] is not None else ()
         return replace(out, text=text, logprobs=logprobs, finish_reason=finish_reason, stop_reason=stop_reason)
-
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or (self.kv_tier is not None and self.kv_tier.has_pending())

@@ -26,6 +26,7 @@ class StepOutput:
     text: str = ""  # text delta of new_token_ids: UTF-8 safe, stop strings cut (set by the engine)
     logprobs: tuple[TokenLogprobs, ...] = ()  # one per new token when params.logprobs > 0
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it, if any
+    error: str | None = None  # set (with ABORTED) when the engine failed this request on its own
 
     @property
     def finished(self) -> bool:

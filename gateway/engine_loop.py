@@ -24,7 +24,7 @@ from typing import Protocol
 from backends.engine_stats import EngineStats
 from backends.outputs import StepOutput
 from backends.sampling_params import SamplingParams
-from gateway.errors import NotReadyError, RequestIdInUseError, UnknownBackendError
+from gateway.errors import EngineRequestError, NotReadyError, RequestIdInUseError, UnknownBackendError
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,11 @@ class EngineLoop:
             if added_at is not None and self._metrics is not None:
                 # Every scheduled request has an output in its step, prefill chunks included.
                 self._metrics.observe_queue_time(backend, max(0.0, started - added_at))
+            if output.error is not None:  # the engine failed this request alone; INTERNAL
+                del self._streams[output.request_id]
+                logger.error("backend %r failed request %r: %s", backend, output.request_id, output.error)
+                entry[1].put(EngineRequestError(f"backend {backend!r} failed the request"))
+                continue
             entry[1].put(output)
             if output.finished:
                 del self._streams[output.request_id]

@@ -37,6 +37,10 @@ class PreconditionError(RuntimeError):
     no local tokenizer for a LiteLLM backend)."""
 
 
+class EngineRequestError(RuntimeError):
+    """A backend failed one request inside a step (the rest of its batch went on): INTERNAL."""
+
+
 class MalformedRequestError(ValueError):
     """The request bytes are not a valid protobuf message of the method's type."""
 
