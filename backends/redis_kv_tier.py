@@ -4,9 +4,9 @@
     engine thread ── fetch(BlockFetch) ─▶ reader thread: MGET, verify each blob ──▶ Future
 
 Neither thread ever raises into the engine. A failed call (connection refused, reset, socket
-timeout) marks Redis unreachable: puts and fetches are skipped at once (counted as dropped or
-as a miss) while the writer thread PINGs again after a backoff that doubles from
-MIN_BACKOFF_S to MAX_BACKOFF_S. A write refused for memory (maxmemory with noeviction) marks the
+timeout, or an idle heartbeat PING that fails) marks Redis unreachable: puts and fetches are
+skipped at once (counted as dropped or as a miss) while the writer thread PINGs again after a
+backoff that doubles from MIN_BACKOFF_S to MAX_BACKOFF_S. A write refused for memory (maxmemory with noeviction) marks the
 tier full until a write succeeds again; reads go on. Either makes status() "degraded".
 """
 
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MIN_BACKOFF_S = 0.25  # first wait before reconnecting
 MAX_BACKOFF_S = 5.0  # the wait doubles up to this
 WRITE_BATCH_BLOCKS = 16  # SETs per pipeline: one round trip for a prefill chunk's blocks
+HEARTBEAT_S = 1.0  # an idle tier PINGs this often, so health notices a dead Redis without traffic
 _IDLE_POLL_S = 0.1  # how often an idle writer looks at the clock (reconnects, close)
 _FAILURES = (redis.RedisError, OSError)  # what a call to a sick Redis raises
 
@@ -56,6 +57,7 @@ class RedisKVTier(KVTier):
             ("blocks_written", "blocks_dropped", "blocks_fetched", "blobs_rejected", "fetches", "errors",
              "reconnects"), 0)
         self._closing = threading.Event()
+        self._last_contact = 0.0  # monotonic time of the writer's last successful call (heartbeat)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-tier-read")
         self._probe()  # a Redis that is down at start is reported (and skipped) from the start
         self._writer = threading.Thread(target=self._write_loop, name="kv-tier-write", daemon=True)
@@ -135,6 +137,8 @@ class RedisKVTier(KVTier):
                 if closing:
                     return
                 self._maybe_reconnect()
+                if self.accepting() and time.monotonic() - self._last_contact >= HEARTBEAT_S:
+                    self._probe()
                 continue
             if not self.accepting():
                 self._maybe_reconnect()
@@ -166,6 +170,7 @@ class RedisKVTier(KVTier):
             self._mark_down(exc)
             self._count("blocks_dropped", len(batch))
             return
+        self._last_contact = time.monotonic()
         refused = [r for r in results if isinstance(r, Exception)]
         with self._lock:
             self._counts["blocks_written"] += len(batch) - len(refused)
@@ -194,6 +199,7 @@ class RedisKVTier(KVTier):
         except _FAILURES as exc:
             self._mark_down(exc)
             return
+        self._last_contact = time.monotonic()
         with self._lock:
             if self._down_until is not None:
                 self._counts["reconnects"] += 1
