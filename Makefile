@@ -5,6 +5,7 @@
 #   make reference  the slow tests that load HF transformers itself (the fixtures' source)
 #   make proto   regenerate the committed gRPC stubs in gateway/proto_gen/
 #   make bench   run the benchmark scripts in bench/ (every bench/*.py not starting with _)
+#   make reliability  soak (10 min), fault and fuzz (10,000 requests) cases against real gateways
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ SERVE_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: serve test reference proto bench install
+.PHONY: serve test reference proto bench reliability install
 
 install: $(STAMP)
 
@@ -47,3 +48,8 @@ bench: $(STAMP)
 		echo "== $$script"; $(VENV)/bin/python "$$script"; \
 	done; \
 	[ $$found = 1 ] || echo "no benchmark scripts in bench/ yet"
+
+# Outside `make test`: about 20 minutes; RELIABILITY_ARGS narrows it (see reliability/run.py).
+RELIABILITY_ARGS ?=
+reliability: $(STAMP)
+	$(VENV)/bin/python -m reliability.run $(RELIABILITY_ARGS)
