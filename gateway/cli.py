@@ -103,6 +103,11 @@ def quantize(
                f"quantized, {report.num_copied} copied")
 
 
+from router.cli import app as router_app  # noqa: E402 - the `routegate router ...` commands
+
+app.add_typer(router_app, name="router")
+
+
 @app.command()
 def health(
     host: Annotated[str, typer.Option(help="Gateway host.")] = "127.0.0.1",
@@ -117,3 +122,35 @@ def health(
     typer.echo(status)
     if status != "SERVING":
         raise typer.Exit(code=1)
+
+
+class EngineKind(str, Enum):
+    full_precision = "full_precision"
+    kquant = "kquant"
+
+
+@app.command()
+def perplexity(
+    model: Annotated[str, typer.Argument(help="bundled:<name>, a .gguf file, or a HF safetensors folder.")],
+    text: Annotated[Path, typer.Option(help="UTF-8 text file to score.")],
+    engine: Annotated[EngineKind, typer.Option(help="Engine that runs the model.")] = EngineKind.full_precision,
+    ctx: Annotated[int, typer.Option(help="Window length in tokens (second half of each scored).")] = 512,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+) -> None:
+    """Print the perplexity of MODEL over a text, with llama.cpp's windows (backends/perplexity.py).
+
+        routegate perplexity bundled:gemma3-270m --text book.txt --engine kquant --ctx 512
+    """
+    from backends.engine_config import EngineConfig
+    from backends.loader import load_engine
+    from backends.perplexity import perplexity as compute_perplexity
+
+    try:
+        loaded = load_engine(EngineConfig(name="perplexity", model=model, engine=engine.value, dtype=dtype,
+                                          max_model_len=ctx, max_num_batched_tokens=min(ctx, 512)))
+        result = compute_perplexity(loaded, loaded.tokenizer.encode(text.read_text(encoding="utf-8")), ctx)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"routegate: cannot compute perplexity: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"perplexity {result.perplexity:.4f} over {result.num_scored} tokens "
+               f"({result.num_windows} windows of {result.ctx}, {engine.value}, {dtype})")
