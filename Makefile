@@ -41,13 +41,14 @@ proto: $(STAMP)
 	$(VENV)/bin/python proto/generate.py
 
 bench: $(STAMP)
-	@set -e; found=0; \
+	@set -e; found=0; results=$$(mktemp); export ROUTEGATE_BENCH_RESULTS=$$results; \
 	for script in bench/*.py; do \
 		[ -f "$$script" ] || continue; \
 		case "$$(basename "$$script")" in _*) continue;; esac; found=1; \
 		echo "== $$script"; $(VENV)/bin/python "$$script"; \
 	done; \
-	[ $$found = 1 ] || echo "no benchmark scripts in bench/ yet"
+	[ $$found = 1 ] || echo "no benchmark scripts in bench/ yet"; \
+	$(VENV)/bin/python bench/_report.py "$$results"; rm -f "$$results"
 
 # Outside `make test`: about 20 minutes; RELIABILITY_ARGS narrows it (see reliability/run.py).
 RELIABILITY_ARGS ?=

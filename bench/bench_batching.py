@@ -37,6 +37,7 @@ from backends.engine import Engine
 from backends.engine_config import EngineConfig
 from backends.loader import load_engine, load_engines, resolve_model_path
 from backends.sampling_params import SamplingParams
+from _results import record  # bench/ is on sys.path when a script runs
 
 TEXT = open(os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "fidelity_text.txt")).read()
 TOPICS = ["lighthouses", "volcanoes", "bread", "chess", "glaciers", "bridges", "owls", "tides",
@@ -279,12 +280,17 @@ def main() -> None:
             target = ("  >= 3x: " + ", ".join(f"{SHORT[d]} {verdict(r[d, n] / r['hf', n], 3, True)}"
                                               for d in args.dtypes)) if n == 16 else ""
             print(f"{name:13} {n:4d} {r['hf', n]:8.1f} {r['llama.cpp', n]:9.1f}{row}{target}")
+            for d in args.dtypes:
+                record("batching", f"{name} {d} decode x{n} concurrent", r[d, n], "HF batched fp32", r["hf", n],
+                       ">= 3x HF at 16" if n == 16 else "none", r[d, n] / r["hf", n] >= 3 if n == 16 else None, "tok/s")
     print(f"\n2. TTFT, {args.prefix_tokens}-token prefix + 16 new tokens (median of {reps}); target <= 0.10x cold")
     print(f"{'model':13} {'dtype':9} {'cold ms':>8} {'cached ms':>9} {'ratio':>6}  {'cached tok':>10}  target")
     for (name, d), r in ttft.items():
         ratio = r["warm"] / r["cold"]
         print(f"{name:13} {d:9} {r['cold'] * 1000:8.0f} {r['warm'] * 1000:9.0f} {ratio:5.3f}x  "
               f"{r['warm_cached_tokens']:10d}  <= 0.10x: {verdict(ratio, 0.10, False)}")
+        record("prefix cache", f"{name} {d} TTFT, 1k cached prefix", r["warm"] * 1000, "same request cold",
+               r["cold"] * 1000, "<= 0.10x cold", ratio <= 0.10, "ms")
     blocks = ", ".join(f"{n} {bs} tok/page, rounding {w:.2f}%" for n, (bs, w) in waste["page_waste"].items())
     print(f"\n3. KV waste, {' + '.join(args.models)} (float32) on one pool, 16 requests in flight each, "
           f"mean of {samples} steps after {warmup}; page {waste['page_bytes']} B ({blocks})")
@@ -293,6 +299,8 @@ def main() -> None:
     print(f"{waste['seq_tokens']:10.0f} {waste['allocated_mib']:13.1f} {waste['slots_pct']:13.2f}% "
           f"{waste['rounding_pct']:12.2f}% "
           f"{waste['total_pct']:6.2f}% {waste['max_pct']:9.2f}%  <= 4%: {verdict(waste['total_pct'], 4, False)}")
+    record("KV pool", "waste, both models on one pool", waste["total_pct"], "-", None, "<= 4% of allocated",
+           waste["total_pct"] <= 4, "%")
     print("unfilled slots: the part of each sequence's last page past its computed tokens (about half a "
           "page a sequence,\nso it shrinks as tokens/seq grows); page rounding: pool.page_waste(layout) "
           "of every held page.")

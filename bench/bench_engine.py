@@ -23,6 +23,7 @@ import torch
 from backends.engine_config import EngineConfig
 from backends.loader import load_engine, resolve_model_path
 from backends.sampling_params import SamplingParams
+from _results import record  # bench/ is on sys.path when a script runs
 
 TEXT = open(os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "fidelity_text.txt")).read()
 
@@ -89,6 +90,11 @@ def main() -> None:
         for metric, target in (("load_s", "<= 0.25x"), ("prefill_tok_s", "-"), ("decode_tok_s", ">= 3x")):
             cells = "".join(f" {ours[d][metric]:10.2f} {ours[d][metric] / ref[metric]:6.2f}x" for d in args.dtypes)
             print(f"{name:14} {metric:14} {ref[metric]:10.2f}{cells}  {target}", flush=True)
+            for d in args.dtypes:
+                ratio = ours[d][metric] / ref[metric]
+                met = {"load_s": ratio <= 0.25, "decode_tok_s": ratio >= 3.0}.get(metric)
+                record("full-precision", f"{name} {d} {metric}", ours[d][metric], "HF transformers fp32",
+                       ref[metric], target if target != "-" else "none", met)
 
 
 if __name__ == "__main__":
