@@ -94,6 +94,21 @@ def read_typed_metadata(path: str) -> dict[str, TypedValue]:
         return out
 
 
+def writer_with_metadata_of(source: GGUFFile, dest: str) -> GGUFWriter:
+    """A GGUFWriter for `dest` holding every key of `source` but the encoding ones.
+
+    The caller adds general.file_type, the tensors, and writes the file.
+    """
+    metadata = read_typed_metadata(source.path)
+    writer = GGUFWriter(dest, source.architecture)
+    if "general.alignment" in metadata:
+        writer.data_alignment = int(metadata["general.alignment"].value)
+    for key, typed in metadata.items():
+        if key not in _OWN_KEYS:
+            writer.add_key_value(key, typed.value, typed.vtype, typed.sub_type)
+    return writer
+
+
 @dataclass(frozen=True)
 class ExportReport:
     """What GGUFQuantizer.write produced."""
@@ -105,7 +120,7 @@ class ExportReport:
     file_size: int  # bytes
 
 
-def _dense(tensor: GGUFTensor) -> np.ndarray:
+def dense_tensor(tensor: GGUFTensor) -> np.ndarray:
     """The tensor as float32 in its logical shape."""
     if tensor.data.dtype != np.uint8:
         return np.asarray(tensor.data, dtype=np.float32)
@@ -148,13 +163,7 @@ class GGUFQuantizer:
         dest = os.fspath(dest)
         if os.path.abspath(dest) == os.path.abspath(self.source.path):
             raise ValueError(f"output must differ from the input file, got {dest} for both")
-        metadata = read_typed_metadata(self.source.path)
-        writer = GGUFWriter(dest, self.source.architecture)
-        if "general.alignment" in metadata:
-            writer.data_alignment = int(metadata["general.alignment"].value)
-        for key, typed in metadata.items():
-            if key not in _OWN_KEYS:
-                writer.add_key_value(key, typed.value, typed.vtype, typed.sub_type)
+        writer = writer_with_metadata_of(self.source, dest)
         writer.add_file_type(int(self.mixture.file_type))
         writer.add_quantization_version(_QUANTIZATION_VERSION)
 
@@ -173,7 +182,7 @@ class GGUFQuantizer:
                 if progress is not None:
                     progress(name, rows * cols)
 
-            encoded = quantize_tensor(_dense(tensor), target, self.importance.get(name), progress=advance)
+            encoded = quantize_tensor(dense_tensor(tensor), target, self.importance.get(name), progress=advance)
             encoded = encoded.reshape(*tensor.shape[:-1], encoded.shape[-1])
             writer.add_tensor(name, encoded, raw_dtype=target if encoded.dtype == np.uint8 else None)
         writer.write_header_to_file()

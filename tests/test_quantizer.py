@@ -12,11 +12,11 @@ import os
 import llama_cpp
 import numpy as np
 import pytest
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as reference_dequantize
 
 from backends.bundled_models import smollm2_135m_gguf_path
-from backends.gguf_export import GGUFQuantizer, read_typed_metadata
+from backends.gguf_export import GGUFQuantizer, dense_tensor, writer_with_metadata_of
 from backends.gguf_file import GGUFFile
 from backends.quantization import quantizer_kquants, quantizer_legacy
 from backends.quantization.pack_blocks import pack_blocks
@@ -152,14 +152,10 @@ def smollm2_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("smollm2_q4_k_m")
     source = GGUFFile(smollm2_135m_gguf_path())
     f32 = str(folder / "f32.gguf")
-    writer = GGUFWriter(f32, source.architecture)
-    for key, typed in read_typed_metadata(source.path).items():
-        if key not in ("general.architecture", "general.file_type", "general.quantization_version"):
-            writer.add_key_value(key, typed.value, typed.vtype, typed.sub_type)
+    writer = writer_with_metadata_of(source, f32)
     writer.add_file_type(0)  # ALL_F32
-    from backends.gguf_export import _dense
     for name, tensor in source.tensors.items():
-        writer.add_tensor(name, _dense(tensor))
+        writer.add_tensor(name, dense_tensor(tensor))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
