@@ -5,6 +5,7 @@
 #   make reference  the slow tests that load HF transformers itself (the fixtures' source)
 #   make proto   regenerate the committed gRPC stubs in gateway/proto_gen/
 #   make bench   run the benchmark scripts in bench/ (every bench/*.py not starting with _)
+#   make router  rebuild routers/default.router: label prompts with the bundled models, train (minutes)
 #   make reliability  soak (10 min), fault and fuzz (10,000 requests) cases against real gateways
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ SERVE_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: serve test reference proto bench reliability install
+.PHONY: serve test reference proto bench reliability install router
 
 install: $(STAMP)
 
@@ -54,3 +55,9 @@ bench: $(STAMP)
 RELIABILITY_ARGS ?=
 reliability: $(STAMP)
 	$(VENV)/bin/python -m reliability.run $(RELIABILITY_ARGS)
+
+# The default router for the bundled backends (router/build_default.py says how); ROUTER_PROMPTS
+# is RouteLLM's MMLU folder, read in place.
+ROUTER_PROMPTS ?= ../shared/data/routellm/mmlu
+router: $(STAMP)
+	$(VENV)/bin/routegate router build-default --prompts $(ROUTER_PROMPTS) --out routers/default.router
