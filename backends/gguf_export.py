@@ -26,7 +26,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from backends.gguf_file import GGUFFile, GGUFTensor
-from backends.quantization import dequantize
+from backends.quantization import dequantize, resolve_format
 from backends.quantization.quant_mixture import Mixture, TensorSpec, plan_tensor_types, resolve_mixture
 from backends.quantization.quantizer import quantize_tensor
 
@@ -143,6 +143,8 @@ class GGUFQuantizer:
         self.importance = importance or {}
         specs = [TensorSpec(t.name, t.shape) for t in self.source.tensors.values()]
         self.plan = plan_tensor_types(specs, self.mixture, has_imatrix=bool(self.importance))
+        for name in self.requantized():  # fail before writing anything on a type we cannot decode
+            resolve_format(self.source.tensors[name].ggml_type)
 
     def target_type(self, name: str) -> GGMLQuantizationType:
         """What `name` will be written as (its own type when the plan keeps it)."""
@@ -163,6 +165,9 @@ class GGUFQuantizer:
         dest = os.fspath(dest)
         if os.path.abspath(dest) == os.path.abspath(self.source.path):
             raise ValueError(f"output must differ from the input file, got {dest} for both")
+        folder = os.path.dirname(os.path.abspath(dest))
+        if not os.path.isdir(folder):  # before minutes of work, not after
+            raise FileNotFoundError(f"output folder does not exist: {folder}")
         writer = writer_with_metadata_of(self.source, dest)
         writer.add_file_type(int(self.mixture.file_type))
         writer.add_quantization_version(_QUANTIZATION_VERSION)

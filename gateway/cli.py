@@ -95,10 +95,14 @@ def quantize(
         typer.echo(f"routegate: cannot quantize: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     columns = (TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task(type.value, total=max(job.total_weights, 1))
-        report = job.write(output, progress=lambda name, weights: bar.update(task, advance=weights, description=name))
-        bar.update(task, description=f"{type.value}: done", completed=max(job.total_weights, 1))
+    try:
+        with Progress(*columns) as bar:
+            task = bar.add_task(type.value, total=max(job.total_weights, 1))
+            report = job.write(output, progress=lambda name, n: bar.update(task, advance=n, description=name))
+            bar.update(task, description=f"{type.value}: done", completed=max(job.total_weights, 1))
+    except (ValueError, OSError) as exc:  # e.g. an unwritable output folder
+        typer.echo(f"routegate: cannot quantize: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     typer.echo(f"wrote {report.path}: {report.file_size / 2**20:.1f} MiB, {report.num_requantized} tensors "
                f"quantized, {report.num_copied} copied")
 

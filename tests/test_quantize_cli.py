@@ -130,5 +130,7 @@ def test_cli_errors_name_the_problem(tmp_path):
     bad_type = run_cli(smollm2_135m_gguf_path(), str(tmp_path / "out.gguf"), "--type", "Q3_K_M")
     assert bad_type.exit_code == 2 and "Invalid value for '--type'" in bad_type.output
     same = run_cli(smollm2_135m_gguf_path(), smollm2_135m_gguf_path(), "--type", "Q8_0")
-    assert same.exit_code != 0
+    assert same.exit_code == 2 and "output must differ from the input file" in same.output
+    unwritable = run_cli(smollm2_135m_gguf_path(), str(tmp_path / "no" / "such" / "dir.gguf"), "--type", "Q8_0")
+    assert unwritable.exit_code == 2 and "output folder does not exist" in unwritable.output
     assert not (tmp_path / "out.gguf").exists()
