@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENGINE_KINDS = ("full_precision",)
+ENGINE_KINDS = ("full_precision", "kquant")  # kquant: GGUF block formats kept in memory (GGUF only)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -13,7 +13,7 @@ class EngineConfig:
     name: str  # backend name clients use, e.g. "smollm2-135m"
     model: str  # "bundled:<name>", a .gguf file, or a HF safetensors directory
     engine: str = "full_precision"  # which engine runs it
-    dtype: str = "float32"  # weights and activations of the full-precision engine
+    dtype: str = "float32"  # full_precision: weights and activations; kquant: activations and KV
     max_model_len: int = 2048  # prompt + completion tokens; capped at the model's context
     max_num_batched_tokens: int = 512  # tokens per engine step (prefill chunks + decodes)
     max_num_seqs: int = 64  # sequences per engine step

@@ -11,6 +11,7 @@ from backends.checkpoint import Checkpoint, GGUFCheckpoint, open_checkpoint
 from backends.dense_weights import DTYPES, DenseWeights
 from backends.engine import Engine
 from backends.engine_config import EngineConfig
+from backends.kquant_weights import KQuantWeights
 from backends.kv_pool import KVLayout, KVPool, default_kv_cache_bytes
 from backends.kv_tier import KVTier, open_kv_tier
 from backends.kv_tier_config import KVTierConfig
@@ -64,7 +65,10 @@ def _build(config: EngineConfig, checkpoint: Checkpoint, layout: KVLayout, pool:
         tokenizer = Tokenizer.from_gguf_metadata(checkpoint.file.metadata)
     else:
         tokenizer = Tokenizer.from_pretrained_dir(checkpoint.path)
-    weights = DenseWeights(checkpoint, config.dtype)
+    if config.engine == "kquant":  # raises ValueError for a checkpoint that is not GGUF
+        weights = KQuantWeights(checkpoint, config.dtype)
+    else:
+        weights = DenseWeights(checkpoint, config.dtype)
     model_class = models.MODEL_CLASSES[checkpoint.config.architecture]
     max_len = min(config.max_model_len, checkpoint.config.max_position_embeddings)
     model = model_class(checkpoint.config, weights, max_positions=max_len).eval()

@@ -1,0 +1,88 @@
+// Matrix products straight from GGML block bytes, for the k-quant engine (CPU).
+//
+//   qmatmul(x float32 [T, K], blocks uint8 [N, row_bytes], ggml_type, K) -> float32 [T, N]
+//   dequantize(blocks uint8 [N, row_bytes], ggml_type, K)                  -> float32 [N, K]
+//
+// Each block is decoded to float32 with the same operations, in the same order, as
+// backends/quantization/dequantize_*.py, so decoded weights are bit-identical to dequantize();
+// products differ from F.linear(x, dequantize(W)) only by float summation order.
+// Decoding happens in registers/L1 per block and the decoded block is reused for every token
+// of the batch, so memory traffic is the block bytes alone: that is what makes batch-1 decode
+// fast (it is memory-bound) and the reason to decode per row rather than per matrix.
+// Compiled by kernel_cpu.py with -O3 -march=native; the loops are written so that GCC
+// vectorizes them (16-float lanes, one AVX-512 register).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include "kernel_decode.h"
+
+namespace {
+
+using namespace rg;
+
+// Call f.template operator()<DECODE, BLOCK_SIZE, TYPE_SIZE>() for one GGML type id. Decoders
+// are template arguments, not pointers, so they inline into the product loop.
+template <typename F>
+void with_format(int64_t ggml_type, F&& f) {
+  switch (ggml_type) {  // GGML type ids (gguf.GGMLQuantizationType)
+    case 2: return f.template operator()<decode_q4_0, 32, 18>();
+    case 3: return f.template operator()<decode_q4_1, 32, 20>();
+    case 6: return f.template operator()<decode_q5_0, 32, 22>();
+    case 7: return f.template operator()<decode_q5_1, 32, 24>();
+    case 8: return f.template operator()<decode_q8_0, 32, 34>();
+    case 12: return f.template operator()<decode_q4_k, 256, 144>();
+    case 13: return f.template operator()<decode_q5_k, 256, 176>();
+    case 14: return f.template operator()<decode_q6_k, 256, 210>();
+    default: TORCH_CHECK(false, "qmatmul: unsupported GGML type ", ggml_type);
+  }
+}
+
+void check_blocks(const torch::Tensor& blocks, int64_t block_size, int64_t type_size, int64_t K) {
+  TORCH_CHECK(blocks.dtype() == torch::kUInt8 && blocks.dim() == 2 && blocks.is_contiguous(),
+              "blocks must be contiguous uint8 [rows, row_bytes]");
+  TORCH_CHECK(K > 0 && K % block_size == 0, "K=", K, " is not a multiple of ", block_size);
+  TORCH_CHECK(blocks.size(1) == K / block_size * type_size, "row_bytes does not match K");
+}
+
+torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, int64_t K) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
+  x = x.contiguous();
+  const int64_t T = x.size(0), N = blocks.size(0);
+  auto y = torch::empty({T, N}, x.options());
+  with_format(ggml_type, [&]<Decoder DECODE, int BS, int TS>() {
+    check_blocks(blocks, BS, TS, K);
+    const float* xp = x.data_ptr<float>();
+    const uint8_t* wp = blocks.data_ptr<uint8_t>();
+    float* yp = y.data_ptr<float>();
+    // Rows per task: enough work (~64K weights) to pay for waking the second thread.
+    const int64_t grain = std::max<int64_t>(1, (1 << 16) / K);
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      rg::rows_times_x<DECODE, BS, TS>(xp, T, K, wp, yp, N, n0, n1);
+    });
+  });
+  return y;
+}
+
+torch::Tensor dequantize(torch::Tensor blocks, int64_t ggml_type, int64_t K) {
+  const int64_t N = blocks.size(0);
+  auto out = torch::empty({N, K}, torch::dtype(torch::kFloat32));
+  with_format(ggml_type, [&]<Decoder DECODE, int BS, int TS>() {
+    check_blocks(blocks, BS, TS, K);
+    const int64_t num_blocks = K / BS, row_bytes = num_blocks * TS;
+    const uint8_t* wp = blocks.data_ptr<uint8_t>();
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, N, std::max<int64_t>(1, (1 << 15) / K), [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t b = 0; b < num_blocks; ++b) DECODE(wp + n * row_bytes + b * TS, op + n * K + b * BS);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("qmatmul", &qmatmul, "x [T, K] @ dequantize(blocks)^T from GGML block bytes");
+  m.def("dequantize", &dequantize, "GGML block bytes [N, row_bytes] -> float32 [N, K]");
+}

@@ -1,0 +1,176 @@
+"""The k-quant engine: block-format products equal dense products of the dequantized weights,
+and the engine generates what the full-precision engine generates.
+
+Products are float32 on both sides; they differ only by summation order, so the tolerance is
+a few float32 ulps of the output scale (1e-5 of max |y|), far below any quantization effect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+
+from backends.checkpoint import GGUFCheckpoint, open_checkpoint
+from backends.engine_config import EngineConfig
+from backends.kquant_weights import KQuantWeights
+from backends.loader import load_engine, resolve_model_path
+from backends.quantization import dequantize, format_by_name, kernel_cpu
+from backends.quantization.quantized_linear import KERNEL_MAX_TOKENS, BlockMatrix, QuantizedEmbedding, QuantizedLinear
+from backends.sampling_params import SamplingParams
+
+MODELS = ("smollm2-135m", "gemma3-270m")
+MAX_ROWS = 16384  # rows of each bundled matrix checked (the 262,144-row LM head: its first rows)
+TOKEN_COUNTS = (1, 3, KERNEL_MAX_TOKENS, KERNEL_MAX_TOKENS + 5)  # kernel path, then dequant + GEMM
+# Offsets of the fp16 scale fields of each format (random bytes there could be inf/NaN).
+FP16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+               "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).abs().max() / ref.abs().max())
+
+
+def _matrices_of(name: str) -> list[tuple[str, BlockMatrix]]:
+    """One block matrix per distinct (type, shape) in a bundled file, tied embedding included."""
+    checkpoint = GGUFCheckpoint(resolve_model_path(f"bundled:{name}"))
+    seen, out = set(), []
+    for tensor_name, info in checkpoint.file.tensors.items():
+        key = (info.ggml_type, tuple(info.shape))
+        if len(info.shape) != 2 or info.ggml_type.name.startswith(("F", "BF")) or key in seen:
+            continue
+        seen.add(key)
+        raw = checkpoint.raw(tensor_name)
+        rows = min(raw.shape[0], MAX_ROWS)
+        blocks = raw.data.reshape(raw.shape[0], -1)[:rows]
+        out.append((tensor_name, BlockMatrix(blocks, raw.ggml_type, rows, raw.shape[1])))
+    return out
+
+
+def _random_blocks(fmt_name: str, rows: int, cols: int, seed: int) -> torch.Tensor:
+    fmt = format_by_name(fmt_name)
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(rows * cols // fmt.block_size, fmt.type_size), dtype=np.uint8)
+    for offset in FP16_FIELDS[fmt_name]:  # finite scales of either sign, 2^-10 .. 2^-4
+        scales = (rng.uniform(0.001, 0.06, size=blocks.shape[0]) * rng.choice([-1, 1], size=blocks.shape[0]))
+        blocks[:, offset:offset + 2] = scales.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return torch.from_numpy(blocks.reshape(rows, -1))
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def bundled_matrices(request):
+    return _matrices_of(request.param)
+
+
+def test_the_compiled_kernels_are_in_use():
+    assert kernel_cpu.available(), kernel_cpu.build_error()
+
+
+def test_every_bundled_tensor_type_multiplies_like_its_dequantized_weights(bundled_matrices):
+    gen = torch.Generator().manual_seed(0)
+    types = set()
+    for name, matrix in bundled_matrices:
+        types.add(matrix.ggml_type.name)
+        weight = dequantize(matrix.blocks, matrix.ggml_type, (matrix.rows, matrix.cols))
+        assert torch.equal(matrix.decode(matrix.blocks), weight), name  # the kernel's decoder is bit-exact
+        layer = QuantizedLinear(matrix)
+        for num_tokens in TOKEN_COUNTS:
+            x = torch.randn(num_tokens, matrix.cols, generator=gen)
+            assert _relative_error(layer(x), F.linear(x, weight)) < 1e-5, (name, num_tokens)
+    assert types in ({"Q4_1", "Q8_0"}, {"Q4_K", "Q5_0", "Q6_K", "Q8_0"})
+
+
+@pytest.mark.parametrize("fmt_name", sorted(FP16_FIELDS))
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_every_format_on_random_blocks_both_paths(fmt_name, use_kernel):
+    rows, cols = 48, 512
+    blocks = _random_blocks(fmt_name, rows, cols, seed=len(fmt_name) + use_kernel)
+    ggml_type = GGMLQuantizationType[fmt_name]
+    matrix = BlockMatrix(blocks, ggml_type, rows, cols)
+    matrix.use_kernel = use_kernel and matrix.use_kernel  # False: the pure-torch fallback
+    weight = dequantize(blocks, ggml_type, (rows, cols))
+    assert torch.equal(matrix.decode(blocks), weight)
+    gen = torch.Generator().manual_seed(1)
+    for num_tokens in TOKEN_COUNTS:
+        x = torch.randn(num_tokens, cols, generator=gen)
+        assert _relative_error(matrix.times(x), F.linear(x, weight)) < 1e-5, num_tokens
+    bias = torch.randn(rows, generator=gen)
+    x = torch.randn(2, cols, generator=gen).bfloat16()
+    y = QuantizedLinear(matrix, bias)(x)
+    assert y.dtype == torch.bfloat16
+    assert _relative_error(y.float(), F.linear(x.float(), weight, bias)) < 1e-2  # bf16 output rounding
+
+
+def test_embedding_decodes_the_requested_rows_only():
+    blocks = _random_blocks("Q8_0", 1000, 64, seed=5)
+    matrix = BlockMatrix(blocks, GGMLQuantizationType.Q8_0, 1000, 64)
+    ids = torch.tensor([7, 999, 0, 7])
+    rows = QuantizedEmbedding(matrix)(ids)
+    assert torch.equal(rows, dequantize(blocks, "Q8_0", (1000, 64))[ids])
+
+
+def test_block_matrix_rejects_a_wrong_byte_count():
+    with pytest.raises(ValueError, match=r"Q4_K \[4, 256\] needs uint8 blocks \(4, 144\)"):
+        BlockMatrix(torch.zeros(4, 140, dtype=torch.uint8), GGMLQuantizationType.Q4_K, 4, 256)
+
+
+def test_kquant_engine_refuses_a_safetensors_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 8, "num_attention_heads": 2,
+              "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({"model.embed_tokens.weight": torch.zeros(4, 8)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="the kquant engine needs a GGUF checkpoint"):
+        KQuantWeights(open_checkpoint(str(tmp_path)))
+
+
+def test_engine_kinds_are_validated():
+    assert EngineConfig(name="a", model="m", engine="kquant").engine == "kquant"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        EngineConfig(name="a", model="m", engine="int4")
+
+
+PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village")
+GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def engines(request):
+    name = request.param
+    made = {kind: load_engine(EngineConfig(name=name, model=f"bundled:{name}", engine=kind, max_model_len=256),
+                              kv_cache_bytes=64 << 20)
+            for kind in ("kquant", "full_precision")}
+    return name, made
+
+
+def test_kquant_greedy_equals_full_precision_greedy(engines):
+    """Same weights (dequantized exactly), float32 on both sides: the same greedy tokens, alone
+    and when all prompts share the engine's batches."""
+    name, made = engines
+    kquant, dense = made["kquant"], made["full_precision"]
+    prompts = [kquant.tokenizer.encode(p) for p in PROMPTS]
+    expected = [dense.generate(ids, GREEDY) for ids in prompts]
+    assert [kquant.generate(ids, GREEDY) for ids in prompts] == expected
+    request_ids = [kquant.add_request(ids, GREEDY) for ids in prompts]
+    got: dict[str, list[int]] = {r: [] for r in request_ids}
+    while kquant.has_unfinished_requests():
+        for out in kquant.step():
+            got[out.request_id].extend(out.new_token_ids)
+    assert [got[r] for r in request_ids] == expected
+
+
+def test_kquant_weights_are_views_of_the_file(engines):
+    """Weight memory is the file: block matrices alias the GGUF memory map (llama's Q/K rows,
+    reordered by the checkpoint, are the exception) and the tied LM head is the embedding."""
+    name, made = engines
+    model = made["kquant"].runner.model
+    assert model.lm_head.matrix is model.embed.matrix
+    file_bytes = os.path.getsize(resolve_model_path(f"bundled:{name}"))
+    held = {id(m.matrix.blocks): m.matrix.blocks.numel() for m in model.modules() if hasattr(m, "matrix")}
+    assert sum(held.values()) < file_bytes
