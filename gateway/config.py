@@ -11,7 +11,7 @@
     engine = "full_precision"
     dtype = "bfloat16"                    # float32 | bfloat16
     max_model_len = 2048
-    cost = 1.0                            # relative cost the router weighs (> 0)
+    cost = 1.0                            # relative cost the router weighs (> 0); default: the router file's
 
     router = "routers/default.router"     # optional; requests with no backend are routed
     api_keys = ["key-1", "key-2"]         # optional; clients send `authorization: Bearer <key>`
@@ -48,10 +48,11 @@ class BackendConfig:
     """One named backend: what serves it (an in-process engine or LiteLLM) and its routing cost."""
 
     engine: EngineConfig | LiteLLMConfig  # name, model, engine kind and the kind's own settings
-    cost: float = 1.0  # relative cost per request, weighed by the router; > 0
+    cost: float | None = None  # relative cost per request the router weighs (> 0); None = the router file's
 
     def __post_init__(self) -> None:
-        if isinstance(self.cost, bool) or not isinstance(self.cost, (int, float)) or not 0 < self.cost < float("inf"):
+        if self.cost is not None and (isinstance(self.cost, bool) or not isinstance(self.cost, (int, float))
+                                      or not 0 < self.cost < float("inf")):
             raise ValueError(f"backend {self.engine.name!r}: cost must be a number > 0, got {self.cost!r}")
         if not _NAME_RE.match(self.engine.name):
             raise ValueError(
@@ -73,7 +74,7 @@ class BackendConfig:
         return isinstance(self.engine, EngineConfig)
 
     @classmethod
-    def of(cls, name: str, model: str, cost: float = 1.0, **engine_fields: Any) -> BackendConfig:
+    def of(cls, name: str, model: str, cost: float | None = None, **engine_fields: Any) -> BackendConfig:
         kind = LiteLLMConfig if engine_fields.get("engine") == LITELLM_ENGINE else EngineConfig
         return cls(kind(name=name, model=model, **engine_fields), cost)
 
@@ -205,7 +206,7 @@ def _backend_from_dict(index: int, raw: Any) -> BackendConfig:
             raise ValueError(f"{where}{key} is required")
     fields_ = {k: v for k, v in raw.items() if k != "cost"}
     try:
-        return BackendConfig(kind(**fields_), raw.get("cost", 1.0))
+        return BackendConfig(kind(**fields_), raw.get("cost"))
     except ValueError as exc:
         raise ValueError(f"backends[{index}] ({raw['name']!r}): {exc}") from exc
 

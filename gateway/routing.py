@@ -25,8 +25,9 @@ class RouteDecisionLike(Protocol):
 
 
 class RouterLike(Protocol):
-    backends: Sequence[str]
+    backends: Sequence[str]  # cheapest first
     threshold: float
+    costs: Mapping[str, float]
 
     def route(self, text: str, threshold: float | None = None) -> RouteDecisionLike: ...
 
@@ -36,11 +37,15 @@ class _RoutingMetrics(Protocol):
 
 
 def load_router(path: str, costs: Mapping[str, float], backends: Sequence[str]) -> RouterLike:
-    """Load a router file and check that every backend it routes to is served here."""
-    from router import Router  # imports the embedder and sklearn: only when a router is configured
+    """Load a router file, apply the configured costs, check that every backend it routes to is
+    served here, and warm it up (the embedder loads now, not on the first request)."""
+    from router import Router  # imports the embedder and numpy: only when a router is configured
 
     try:
-        router = Router.load(path, costs=dict(costs))
+        router = Router.load(path)
+        overrides = {name: cost for name, cost in costs.items() if name in router.backends}
+        if overrides:
+            router = Router.load(path, costs=overrides)
     except (OSError, ValueError) as exc:
         raise ValueError(f"router {path!r} could not be loaded: {exc}") from exc
     missing = [b for b in router.backends if b not in backends]
@@ -49,6 +54,7 @@ def load_router(path: str, costs: Mapping[str, float], backends: Sequence[str]) 
             f"router {path!r} routes to backend(s) {', '.join(missing)} that are not configured "
             f"(backends: {', '.join(backends)})"
         )
+    router.warm_up()
     return router
 
 

@@ -97,7 +97,7 @@ class GatewayServer:
         local = [backend.engine for backend in config.backends if backend.is_local]
         remote = {b.name: LiteLLMBackend(b.engine) for b in config.backends if not b.is_local}
         if config.router:
-            costs = {b.name: b.cost for b in config.backends}
+            costs = {b.name: b.cost for b in config.backends if b.cost is not None}
             router = await asyncio.to_thread(load_router, config.router, costs, [b.name for b in config.backends])
             self._router = RoutingService(router, self.metrics)
         self.engines = await asyncio.to_thread(loader, local, config.kv_cache_bytes) if local else {}
@@ -133,6 +133,7 @@ class GatewayServer:
 
     def _list_backends(self) -> gateway_pb2.ListBackendsResponse:
         ready = self.service is not None and not self.service.draining
+        router_costs = self._router.router.costs if self._router is not None else {}
         backends = []
         for backend in self.config.backends:
             engine = self.engines.get(backend.name)
@@ -141,7 +142,8 @@ class GatewayServer:
                 name=backend.name, engine=settings.engine, model=settings.model,
                 quant_type=getattr(settings, "quant_type", "") or getattr(settings, "dtype", ""),
                 context_length=engine.max_model_len if engine is not None else settings.max_model_len,
-                cost=backend.cost, status="serving" if ready else "not_serving",
+                cost=backend.cost if backend.cost is not None else router_costs.get(backend.name, 1.0),
+                status="serving" if ready else "not_serving",
             ))
         return gateway_pb2.ListBackendsResponse(
             backends=backends, default_backend=self.config.default_backend, has_router=bool(self.config.router)

@@ -1,18 +1,21 @@
-"""End to end through a real gRPC server on 127.0.0.1 with both bundled models.
+"""End to end through a real gRPC server on 127.0.0.1 with both bundled models and a router.
 
 The server runs in process on its own event loop thread (port 0, so any free port). Each model
-is loaded once: the reference outputs are generated with the engine directly, before the server
+is loaded once; the router is a small one trained here on the real MiniLM embedder (a clear
+split: arithmetic needs gemma3-270m, greetings do not). The reference outputs are generated with the engine directly, before the server
 takes the engine over (from then on only its engine thread may touch it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_requests import Client as ReflectionClient
@@ -20,6 +23,8 @@ from grpc_requests import Client as ReflectionClient
 from backends.engine import Engine
 from backends.loader import load_engines
 from backends.sampling_params import SamplingParams
+from gateway.client import Client
+from gateway.sdk_types import InvalidArgumentError
 from gateway.config import BackendConfig, GatewayConfig
 from gateway.proto_gen.routegate.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.server_thread import ServerThread
@@ -65,9 +70,41 @@ def references(engines: dict[str, Engine]) -> dict[tuple[str, str, int], Referen
     return refs
 
 
+CHEAP, STRONG = "smollm2-135m", "gemma3-270m"
+EASY = ("Hello there!", "Good morning, how are you?", "Hi, nice to meet you.", "Hey, what's up?",
+        "Thanks a lot, have a nice day!", "Good evening to you.", "Hello, my friend.", "Hi again!")
+HARD = ("What is 37 * 43?", "Compute 128 + 256 * 3.", "Solve for x: 3x + 7 = 22.", "What is 17 squared?",
+        "Integrate x^2 from 0 to 3.", "What is 1024 divided by 32?", "Factor 391.", "What is 99 * 99?")
+
+
 @pytest.fixture(scope="module")
-def server(engines: dict[str, Engine], references) -> Iterator[ServerThread]:
-    running = ServerThread(CONFIG)
+def router_path(tmp_path_factory) -> str:
+    """A small router over both backends, calibrated to send half the prompts to the strong one."""
+    from router.datasets import RoutingDataset
+    from router.embedder import Embedder
+    from router.training import ForestParams, train_router
+
+    prompts = EASY + HARD
+    scores = np.array([[1.0, 1.0]] * len(EASY) + [[0.0, 1.0]] * len(HARD))  # (cheap, strong) correct?
+    embedder = Embedder()
+    data = RoutingDataset(prompts, (CHEAP, STRONG), scores)
+    router = train_router(data, embedder.embed(list(prompts)), (CHEAP, STRONG), (1.0, 2.0), embedder,
+                          ForestParams(n_estimators=10, max_depth=4, min_samples_leaf=1, random_state=0))
+    path = tmp_path_factory.mktemp("router") / "test.router"
+    router.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def router(router_path: str):
+    from router import Router
+
+    return Router.load(router_path)
+
+
+@pytest.fixture(scope="module")
+def server(engines: dict[str, Engine], references, router_path: str) -> Iterator[ServerThread]:
+    running = ServerThread(dataclasses.replace(CONFIG, router=router_path))
     running.call(running.server.load_backends(loader=lambda configs, kv_cache_bytes: engines))
     yield running
     running.close()
@@ -129,9 +166,40 @@ def test_greedy_stream_equals_engine(stub, references, backend: str) -> None:
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (len(ref.prompt_token_ids), len(ref.token_ids))
 
 
-def test_default_backend_is_the_first(stub) -> None:
-    chunks = _collect(stub, _greedy_request("", 2))
-    assert chunks[0].backend == BACKENDS[0]
+def test_route_explains_the_decision(server: ServerThread, router) -> None:
+    with Client(server.address) as client:
+        for text in ("Hello there!", "What is 37 * 43?"):
+            expected = router.route(text)
+            decision = client.route(text)
+            assert (decision.backend, decision.threshold) == (expected.backend, pytest.approx(expected.threshold))
+            assert decision.probabilities == pytest.approx(dict(expected.probabilities))
+            assert decision.score == pytest.approx(expected.score) and decision.router_latency_ms > 0
+        assert client.route("What is 99 * 99?", router_threshold=0.0).backend == CHEAP  # everything clears 0
+        assert client.route(messages=[{"role": "user", "content": "Hi again!"}]).backend == router.route("Hi again!").backend
+        listing = client.list_backends()
+        assert listing.has_router
+        assert {b.name: b.cost for b in listing.backends} == {CHEAP: 1.0, STRONG: 2.0}  # the router file's costs
+
+
+def test_requests_without_a_backend_are_routed(server: ServerThread, stub, router) -> None:
+    counted = server.server.metrics.registry.get_sample_value
+
+    def num_decisions() -> float:
+        return sum(counted("routegate:routing_decisions_total", {"backend": b}) or 0 for b in BACKENDS)
+
+    before = num_decisions()
+    for text in ("Good morning, how are you?", "Compute 128 + 256 * 3."):
+        expected = router.route(text)
+        chunks = _collect(stub, _greedy_request("", 2, prompt=text))
+        assert chunks[0].backend == expected.backend
+        assert chunks[-1].routing_score == pytest.approx(expected.score)
+        assert all(not c.HasField("routing_score") for c in chunks[:-1])
+    named = _collect(stub, _greedy_request(CHEAP, 2))
+    assert not named[-1].HasField("routing_score")  # the client chose: no routing
+    with Client(server.address) as client:
+        with pytest.raises(InvalidArgumentError, match="threshold must be a number in"):
+            client.complete("Hello", router_threshold=2.0)
+    assert num_decisions() - before == 2
 
 
 def test_concurrent_streams_on_both_backends(stub, references) -> None:
