@@ -129,3 +129,66 @@ def test_cli_rejects_a_bad_config_before_starting(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["serve", "--config", str(path)])
     assert result.exit_code == 2
     assert "backends[0].model is required" in result.output
+
+
+SERVING_TOML = """
+api_keys = ["k1", "k2"]
+max_pending_requests = 8
+metrics_port = 9100
+
+[[backends]]
+name = "local"
+model = "bundled:smollm2-135m"
+cost = 1.0
+
+[[backends]]
+name = "hosted"
+engine = "litellm"
+model = "openai/gpt-4o-mini"
+api_base = "http://127.0.0.1:8000/v1"
+api_key_env = "OPENAI_API_KEY"
+cost = 10
+"""
+
+
+def test_serving_keys_and_a_litellm_backend(tmp_path: Path) -> None:
+    path = tmp_path / "routegate.toml"
+    path.write_text(SERVING_TOML)
+    config = load_config(path)
+    assert (config.api_keys, config.max_pending_requests, config.metrics_port, config.router) == (
+        ("k1", "k2"), 8, 9100, "",
+    )
+    local, hosted = config.backends
+    assert (local.is_local, local.cost, hosted.is_local, hosted.cost) == (True, 1.0, False, 10)
+    assert hosted == BackendConfig.of("hosted", "openai/gpt-4o-mini", cost=10, engine="litellm",
+                                      api_base="http://127.0.0.1:8000/v1", api_key_env="OPENAI_API_KEY")
+
+
+def test_router_key(tmp_path: Path) -> None:
+    router_file = tmp_path / "r.router"
+    router_file.write_bytes(b"x")
+    assert config_from_dict({"router": str(router_file)}).router == str(router_file)
+    assert config_from_dict({"router": ""}).router == ""  # explicitly off
+    # Backends other than the default ones get no default router.
+    assert config_from_dict({"backends": [BACKEND]}).router == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"router": "/nonexistent.router"}, "router file '/nonexistent.router' does not exist"),
+        ({"api_keys": "k1"}, "api_keys must be a list of strings"),
+        ({"api_keys": ["k1", ""]}, "api_keys must be a list of non-empty strings"),
+        ({"max_pending_requests": 0}, "max_pending_requests must be >= 1"),
+        ({"metrics_port": 70000}, "metrics_port must be in [0, 65535]"),
+        ({"metrics_port": "9100"}, "metrics_port must be of type int | None"),
+        ({"backends": [{**BACKEND, "cost": 0}]}, "cost must be a number > 0"),
+        ({"backends": [{**BACKEND, "cost": "cheap"}]}, "backends[0].cost must be of type float"),
+        ({"backends": [{**BACKEND, "engine": "litellm", "dtype": "float32"}]}, "unknown key(s) backends[0].dtype"),
+        ({"backends": [{**BACKEND, "engine": "litellm", "timeout_s": 0}]}, "timeout_s must be > 0"),
+    ],
+)
+def test_invalid_serving_keys_name_the_key(data: object, message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        config_from_dict(data)
+    assert message in str(excinfo.value)
