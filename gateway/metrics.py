@@ -56,11 +56,10 @@ class _EngineCollector(Collector):
             waiting.add_metric([backend], s.num_waiting)
             queries.add_metric([backend, "local"], s.prefix_query_tokens)
             hits.add_metric([backend, "local"], s.prefix_hit_tokens)
-            # The Redis tier's counters exist only on engines that have one.
-            redis_queries = getattr(s, "redis_query_tokens", None)
-            if redis_queries is not None:
-                queries.add_metric([backend, "redis"], redis_queries)
-                hits.add_metric([backend, "redis"], getattr(s, "redis_hit_tokens", 0))
+            if getattr(s, "kv_tier", None) is not None:
+                # Redis is asked for what the local cache missed; its hits are the tokens loaded.
+                queries.add_metric([backend, "redis"], s.prefix_query_tokens - s.prefix_hit_tokens)
+                hits.add_metric([backend, "redis"], s.kv_tier_loaded_tokens)
         if stats:
             # One pool serves every engine; any snapshot has its totals (the newest is enough).
             s = next(iter(stats.values()))
