@@ -149,7 +149,8 @@ class Engine:
         blocks = self.pool.blocks
         sched = self.scheduler
         return EngineStats(
-            num_running=len(sched.running), num_waiting=len(sched.waiting),
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting) + (self.kv_tier.num_pending if self.kv_tier else 0),
             num_preemptions=sched.num_preemptions,
             pool_blocks_total=blocks.num_blocks, pool_blocks_used=blocks.num_used,
             pool_blocks_free=blocks.num_free, pool_blocks_cached=blocks.num_cached_free,

@@ -62,7 +62,7 @@ class EngineKVTier:
         if shared is not None:
             fetch, future = shared.fetch, shared.future
         else:
-            fetch = BlockFetch(self.fingerprint, tuple(missing), self._block_shape)
+            fetch = BlockFetch(self.fingerprint, tuple(missing), self._block_shape, self.kv_cache.data.dtype)
             future = self.tier.fetch(fetch)
         self._pending[seq.request_id] = _Pending(seq, fetch, future, time.monotonic() + self.max_wait_s)
         return True
@@ -97,6 +97,11 @@ class EngineKVTier:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def num_pending(self) -> int:
+        """Requests waiting for their fetch (not yet in the scheduler's queue)."""
+        return len(self._pending)
+
     def write_behind(self) -> None:
         """Queue the K/V of the blocks cached by this step's update (after scheduler.update)."""
         if not self._cached:
@@ -122,9 +127,8 @@ class EngineKVTier:
         pool.acquire(local)
         new = new[:pool.num_free]
         ids = pool.allocate(len(new))
-        if new:
-            self.kv_cache.data[ids] = torch.stack([kv for _, kv in new]).to(self.kv_cache.data.dtype)
-        for block, (block_hash, _) in zip(ids, new):
+        for block, (block_hash, kv) in zip(ids, new):
+            self.kv_cache.data[block].copy_(kv)
             pool.cache(block, block_hash)
         # Tail first, as sequences free: the chain's start is evicted last.
         pool.free(ids[::-1])

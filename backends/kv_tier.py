@@ -57,6 +57,7 @@ class BlockFetch:
     fingerprint: str
     block_hashes: tuple[bytes, ...]  # consecutive chain hashes, the first one right after the local hits
     shape: tuple[int, ...]  # expected [layers, K|V, block_size, kv_heads, head_dim]
+    dtype: torch.dtype  # the engine's KV dtype: blocks come back converted to it (off the engine thread)
 
 
 class KVTier(abc.ABC):
@@ -70,7 +71,7 @@ class KVTier(abc.ABC):
 
     @abc.abstractmethod
     def fetch(self, request: BlockFetch) -> Future[list[torch.Tensor]]:
-        """The K/V (stored dtype) of the longest verified prefix of request.block_hashes."""
+        """The K/V (in request.dtype) of the longest verified prefix of request.block_hashes."""
 
     @abc.abstractmethod
     def accepting(self) -> bool:

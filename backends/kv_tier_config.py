@@ -52,4 +52,4 @@ class KVTierConfig:
     @property
     def max_fetch_wait_s(self) -> float:
         """How long a request waits for its fetch before it runs without it (a trickling Redis)."""
-        return max(1.0, 4 * self.timeout_s)
+        return max(2.0, 4 * self.timeout_s)

@@ -77,11 +77,14 @@ class RedisKVTier(KVTier):
         return True
 
     def fetch(self, request: BlockFetch) -> Future[list[torch.Tensor]]:
-        if self._closing.is_set() or not self.accepting() or not request.block_hashes:
-            done: Future[list[torch.Tensor]] = Future()
-            done.set_result([])
-            return done
-        return self._reader.submit(self._fetch, request)
+        if not self._closing.is_set() and self.accepting() and request.block_hashes:
+            try:
+                return self._reader.submit(self._fetch, request)
+            except RuntimeError:
+                pass  # closed meanwhile
+        done: Future[list[torch.Tensor]] = Future()
+        done.set_result([])
+        return done
 
     def accepting(self) -> bool:
         with self._lock:
@@ -119,7 +122,7 @@ class RedisKVTier(KVTier):
             if value is None:
                 break  # a gap (never written, expired or evicted): the rest is recomputed
             try:
-                blocks.append(decode_block(value, request.fingerprint, block_hash, request.shape))
+                blocks.append(decode_block(value, request.fingerprint, block_hash, request.shape).to(request.dtype))
             except BlobError as exc:
                 self._count("blobs_rejected")
                 logger.warning("KV tier: ignoring block %s: %s", block_hash.hex()[:16], exc)

@@ -76,6 +76,7 @@ class FaultProxy:
     """Forwards 127.0.0.1:<port> to a Redis; replies can be delayed or cut.
 
     delay_s: each chunk of a reply waits this long before it is forwarded (a slow Redis).
+    hold() ... release(): replies wait in between (a stalled Redis, deterministically).
     cut_after_bytes: once this many reply bytes went through, on_cut() runs and every
     connection is closed (a Redis killed while a large reply is on the wire).
     """
@@ -86,6 +87,7 @@ class FaultProxy:
         self.cut_after_bytes: int | None = None
         self.on_cut: Callable[[], None] = lambda: None
         self.reply_bytes = 0
+        self._held = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
@@ -96,7 +98,14 @@ class FaultProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def hold(self) -> None:
+        self._held.set()
+
+    def release(self) -> None:
+        self._held.clear()
+
     def close(self) -> None:
+        self._held.clear()
         self._listener.close()
         self._close_all()
 
@@ -119,6 +128,8 @@ class FaultProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, is_reply: bool) -> None:
         try:
             while data := source.recv(65536):
+                while is_reply and self._held.is_set():
+                    time.sleep(0.005)
                 if is_reply and self.delay_s:
                     time.sleep(self.delay_s)
                 if is_reply and self.cut_after_bytes is not None:

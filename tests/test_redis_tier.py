@@ -239,7 +239,7 @@ def test_foreign_or_future_blobs_are_never_used(model: Model, server: RedisServe
     client.set(blob_key(fingerprint, model.hashes[1]), bytes(future))
     tier = tiers(server.url)
     for h in model.hashes[:2]:
-        assert tier.fetch(BlockFetch(fingerprint, (h,), shape)).result() == []
+        assert tier.fetch(BlockFetch(fingerprint, (h,), shape, torch.bfloat16)).result() == []
     assert (tier.status().blobs_rejected, tier.status().blocks_fetched) == (2, 0)
 
 
@@ -249,9 +249,9 @@ def test_fetch_is_capped_by_max_fetch_bytes(model: Model, server: RedisServer, t
     shape = tuple(model.base.kv_cache.data.shape[1:])
     per_block = len(server.client().get(blob_key(fingerprint, model.hashes[0])))
     tier = tiers(server.url, max_fetch_bytes=2 * per_block + per_block // 2)
-    blocks = tier.fetch(BlockFetch(fingerprint, tuple(model.hashes), shape)).result()
-    assert len(blocks) == 2
-    assert torch.equal(blocks[1], model.base.kv_cache.data[model.base.pool.blocks.lookup(model.hashes)[1]])
+    blocks = tier.fetch(BlockFetch(fingerprint, tuple(model.hashes), shape, torch.float32)).result()
+    assert len(blocks) == 2 and blocks[0].dtype == torch.float32  # converted to the engine's KV dtype
+    assert torch.equal(blocks[1], model.base.kv_cache.data[model.base.pool.blocks.lookup(model.hashes)[1]].float())
 
 
 def test_a_full_write_queue_drops_instead_of_waiting(model: Model, server: RedisServer, tiers) -> None:
@@ -259,13 +259,37 @@ def test_a_full_write_queue_drops_instead_of_waiting(model: Model, server: Redis
     tier = tiers(proxy.url, queue_blocks=1, timeout_s=10.0)
     kv = model.base.kv_cache.data[0].to(torch.bfloat16)
     writes = [BlockWrite(model.base.fingerprint, bytes([i]) * 32, kv) for i in range(4)]
-    proxy.delay_s = 3.0  # the writer is stuck on its first SET
+    proxy.hold()  # the writer gets stuck on its first SET
     assert tier.put(writes[0])
     wait_for(lambda: tier.status().queued_blocks == 0)  # taken by the writer
     assert [tier.put(w) for w in writes[1:]] == [True, False, False]
     assert tier.status().blocks_dropped == 2
-    proxy.delay_s = 0.0
+    proxy.release()
     wait_for(lambda: tier.status().blocks_written == 2)
+    proxy.close()
+
+
+def test_running_requests_go_on_while_a_fetch_waits(model: Model, server: RedisServer, tiers) -> None:
+    model.seed(server)
+    proxy = FaultProxy(server.port)
+    tier = tiers(proxy.url, timeout_s=10.0)
+    engine = model.engine(tier)
+    short = model.prompt[:10]  # no full block: nothing to fetch, admitted at once
+    running = engine.add_request(short, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+    engine.step()  # its prefill
+    proxy.hold()  # Redis stalls (within the socket timeout)
+    waiting = engine.add_request(model.prompt, PARAMS)
+    outputs: dict[str, list[int]] = {running: [], waiting: []}
+    step = engine.step()  # the running request decodes while the fetch is held up
+    assert [(o.request_id, len(o.new_token_ids)) for o in step] == [(running, 1)]
+    assert engine.kv_tier.num_pending == 1
+    outputs[running] += step[0].new_token_ids
+    proxy.release()
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            outputs[out.request_id] += out.new_token_ids
+    assert outputs[waiting] == model.cold
+    assert engine.stats().kv_tier_loaded_tokens == len(model.hashes) * model.bs
     proxy.close()
 
 
@@ -274,9 +298,10 @@ def test_abort_while_waiting_for_a_fetch(model: Model, server: RedisServer, tier
     proxy = FaultProxy(server.port)
     tier = tiers(proxy.url, timeout_s=10.0)
     engine = model.engine(tier)
-    proxy.delay_s = 2.0
+    proxy.hold()
     request_id = engine.add_request(model.prompt, PARAMS)
-    assert engine.has_unfinished_requests() and engine.stats().num_waiting == 0  # waiting on Redis
+    # Waiting on Redis: counted as waiting, not yet in the scheduler's queue.
+    assert engine.has_unfinished_requests() and engine.stats().num_waiting == 1 and not engine.scheduler.waiting
     engine.abort(request_id)
     outputs = engine.step()
     assert [(o.request_id, o.finish_reason) for o in outputs] == [(request_id, FinishReason.ABORTED)]
