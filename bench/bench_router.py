@@ -43,7 +43,7 @@ from router.training import ForestParams, fit_forest, train_router  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "mmlu"
 WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
-RORF = ForestParams(n_estimators=100, max_depth=20, min_samples_leaf=1, max_features=1.0)
+RORF = ForestParams(n_estimators=100, max_depth=20, min_samples_leaf=1, max_features=1.0, class_weight=None)
 MMLU_PARAMS = ForestParams()  # our defaults (router/training.py)
 
 

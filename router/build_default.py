@@ -27,7 +27,8 @@ from router.training import ForestParams, train_router
 
 CHEAP, STRONG = "smollm2-135m", "gemma3-270m"
 COSTS = (1.0, 2.0)  # by parameter count: 135M vs 270M
-DEFAULT_PARAMS = ForestParams(n_estimators=50, max_depth=8, min_samples_leaf=3, max_features="sqrt", random_state=0)
+DEFAULT_PARAMS = ForestParams(n_estimators=50, max_depth=8, min_samples_leaf=3, max_features="sqrt",
+                              class_weight="balanced", random_state=0)
 DEFAULT_STRONG_SHARE = 0.5
 # Labeling runs both models on two CPU cores: short prompts and a few answer tokens keep it to
 # minutes (an MMLU answer is its first token or two: " B", " (D)").

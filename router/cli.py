@@ -65,7 +65,12 @@ def train(
     model: Annotated[Optional[list[str]], typer.Option(help="More backends (columns), cheapest first.")] = None,
     cost: Annotated[Optional[list[str]], typer.Option(help="NAME=COST; default weak 1, --model 2.., strong last.")] = None,
     strong_share: Annotated[float, typer.Option(help="Calibrate the threshold to this share of non-cheapest calls.")] = 0.5,
-    trees: int = 100, max_depth: int = 20, min_samples_leaf: int = 1, max_features: float = 1.0, seed: int = 0,
+    trees: int = 100,
+    max_depth: Annotated[int, typer.Option(help="0 = unlimited.")] = 0,
+    min_samples_leaf: int = 10,
+    max_features: Annotated[str, typer.Option(help="'sqrt', 'log2' or a fraction such as 1.0 (RoRF's).")] = "sqrt",
+    class_weight: Annotated[str, typer.Option(help="'balanced' or 'none' (RoRF's).")] = "balanced",
+    seed: int = 0,
     embedder: Annotated[str, typer.Option(help="Sentence-transformers directory.")] = BUNDLED_EMBEDDER,
     cache: CacheOpt = DEFAULT_CACHE,
 ) -> None:
@@ -81,7 +86,9 @@ def train(
         if set(costs) - set(backends):
             _fail(f"--cost names {sorted(set(costs) - set(backends))}, not among {backends}")
         dataset = load_dataset(data).select(backends)
-        params = ForestParams(trees, max_depth, min_samples_leaf, max_features, seed)
+        features = max_features if max_features in ("sqrt", "log2") else float(max_features)
+        params = ForestParams(trees, max_depth or None, min_samples_leaf, features,
+                              None if class_weight == "none" else class_weight, seed)
         emb = Embedder(embedder, cache=cache)
         X = embed_with_progress(emb, list(dataset.prompts))
         typer.echo(f"fitting {trees} trees on {len(dataset)} prompts ...")
