@@ -12,6 +12,7 @@ at most `max_wait_s`, then runs without it. Only the engine thread calls these m
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from backends.kv_tier import BlockFetch, BlockWrite, KVTier, KVTierStatus
 from backends.paged_kv_cache import PagedKVCache
 from backends.scheduler import Scheduler
 from backends.sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.005  # with nothing else to run, how long one step waits for a fetch to land
 
@@ -117,7 +120,10 @@ class EngineKVTier:
 
     def _install(self, pending: _Pending) -> None:
         """Copy fetched blocks into free pages and register their hashes (skipping known ones)."""
-        if pending.future.cancelled() or pending.future.exception() is not None:
+        if pending.future.cancelled():
+            return
+        if pending.future.exception() is not None:  # a bug in the tier; the request recomputes
+            logger.error("KV tier fetch failed", exc_info=pending.future.exception())
             return
         blocks = pending.future.result()
         pool = self.scheduler.pool

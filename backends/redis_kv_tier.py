@@ -6,8 +6,9 @@
 Neither thread ever raises into the engine. A failed call (connection refused, reset, socket
 timeout, or an idle heartbeat PING that fails) marks Redis unreachable: puts and fetches are
 skipped at once (counted as dropped or as a miss) while the writer thread PINGs again after a
-backoff that doubles from MIN_BACKOFF_S to MAX_BACKOFF_S. A write refused for memory (maxmemory with noeviction) marks the
-tier full until a write succeeds again; reads go on. Either makes status() "degraded".
+backoff that doubles from MIN_BACKOFF_S to MAX_BACKOFF_S. A write refused for memory
+(maxmemory with noeviction) marks the tier full until a write succeeds again; reads go on.
+Either makes status() "degraded". Keys evicted under allkeys-lru are simply misses.
 """
 
 from __future__ import annotations

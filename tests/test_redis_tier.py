@@ -81,6 +81,13 @@ def server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def proxy(server: RedisServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(server.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
 def tiers() -> Iterator[Callable[..., KVTier]]:
     opened: list[KVTier] = []
 
@@ -131,8 +138,9 @@ def test_write_behind_then_a_fresh_pool_reads_through(model: Model, server: Redi
     assert cached == {first: hit, second: hit}
     stats = engine_b.stats()
     assert stats.kv_tier_loaded_tokens == hit
-    assert (stats.kv_tier.fetches, stats.kv_tier.blocks_fetched, stats.kv_tier.blobs_rejected) == (1, len(model.hashes), 0)
-    assert stats.kv_tier.state == TIER_OK
+    status = stats.kv_tier
+    assert (status.fetches, status.blocks_fetched, status.blobs_rejected) == (1, len(model.hashes), 0)
+    assert status.state == TIER_OK
 
 
 def test_redis_down_at_start_recomputes_then_reconnects(model: Model, tiers) -> None:
@@ -153,9 +161,8 @@ def test_redis_down_at_start_recomputes_then_reconnects(model: Model, tiers) -> 
         assert server.client().exists(blob_key(engine.fingerprint, bytes(32))) == 1
 
 
-def test_redis_killed_mid_load(model: Model, server: RedisServer, tiers) -> None:
+def test_redis_killed_mid_load(model: Model, server: RedisServer, proxy: FaultProxy, tiers) -> None:
     model.seed(server)
-    proxy = FaultProxy(server.port)
     tier = tiers(proxy.url)
     engine = model.engine(tier)
     # Cut the MGET reply inside its second blob, killing Redis at that moment.
@@ -168,12 +175,10 @@ def test_redis_killed_mid_load(model: Model, server: RedisServer, tiers) -> None
     proxy.cut_after_bytes = None
     server.start()  # back, empty, on the same port
     wait_for(lambda: tier.status().state == TIER_OK)
-    proxy.close()
 
 
-def test_slow_redis_times_out_and_recomputes(model: Model, server: RedisServer, tiers) -> None:
+def test_slow_redis_times_out_and_recomputes(model: Model, server: RedisServer, proxy: FaultProxy, tiers) -> None:
     model.seed(server)
-    proxy = FaultProxy(server.port)
     tier = tiers(proxy.url, timeout_s=0.2)
     engine = model.engine(tier)
     proxy.delay_s = 1.0  # every reply arrives after the socket timeout
@@ -183,7 +188,6 @@ def test_slow_redis_times_out_and_recomputes(model: Model, server: RedisServer, 
     assert stats.kv_tier.state == TIER_DEGRADED and "Timeout" in stats.kv_tier.reason
     proxy.delay_s = 0.0
     wait_for(lambda: tier.status().state == TIER_OK)
-    proxy.close()
 
 
 def test_full_redis_without_eviction_refuses_writes(model: Model, tiers) -> None:
@@ -254,8 +258,7 @@ def test_fetch_is_capped_by_max_fetch_bytes(model: Model, server: RedisServer, t
     assert torch.equal(blocks[1], model.base.kv_cache.data[model.base.pool.blocks.lookup(model.hashes)[1]].float())
 
 
-def test_a_full_write_queue_drops_instead_of_waiting(model: Model, server: RedisServer, tiers) -> None:
-    proxy = FaultProxy(server.port)
+def test_a_full_write_queue_drops_instead_of_waiting(model: Model, proxy: FaultProxy, tiers) -> None:
     tier = tiers(proxy.url, queue_blocks=1, timeout_s=10.0)
     kv = model.base.kv_cache.data[0].to(torch.bfloat16)
     writes = [BlockWrite(model.base.fingerprint, bytes([i]) * 32, kv) for i in range(4)]
@@ -266,12 +269,11 @@ def test_a_full_write_queue_drops_instead_of_waiting(model: Model, server: Redis
     assert tier.status().blocks_dropped == 2
     proxy.release()
     wait_for(lambda: tier.status().blocks_written == 2)
-    proxy.close()
 
 
-def test_running_requests_go_on_while_a_fetch_waits(model: Model, server: RedisServer, tiers) -> None:
+def test_running_requests_go_on_while_a_fetch_waits(model: Model, server: RedisServer, proxy: FaultProxy,
+                                                    tiers) -> None:
     model.seed(server)
-    proxy = FaultProxy(server.port)
     tier = tiers(proxy.url, timeout_s=10.0)
     engine = model.engine(tier)
     short = model.prompt[:10]  # no full block: nothing to fetch, admitted at once
@@ -290,12 +292,10 @@ def test_running_requests_go_on_while_a_fetch_waits(model: Model, server: RedisS
             outputs[out.request_id] += out.new_token_ids
     assert outputs[waiting] == model.cold
     assert engine.stats().kv_tier_loaded_tokens == len(model.hashes) * model.bs
-    proxy.close()
 
 
-def test_abort_while_waiting_for_a_fetch(model: Model, server: RedisServer, tiers) -> None:
+def test_abort_while_waiting_for_a_fetch(model: Model, server: RedisServer, proxy: FaultProxy, tiers) -> None:
     model.seed(server)
-    proxy = FaultProxy(server.port)
     tier = tiers(proxy.url, timeout_s=10.0)
     engine = model.engine(tier)
     proxy.hold()
@@ -307,7 +307,6 @@ def test_abort_while_waiting_for_a_fetch(model: Model, server: RedisServer, tier
     assert [(o.request_id, o.finish_reason) for o in outputs] == [(request_id, FinishReason.ABORTED)]
     assert not engine.has_unfinished_requests()
     assert engine.pool.blocks.num_used == 0
-    proxy.close()
 
 
 def test_config_keys() -> None:
