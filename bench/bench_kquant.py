@@ -1,0 +1,250 @@
+"""k-quant engine vs llama.cpp on the same GGUF files: prefill, decode, 16 concurrent, memory.
+
+    .venv/bin/python bench/bench_kquant.py                             # both bundled models, ~5 min
+    .venv/bin/python bench/bench_kquant.py --models smollm2-135m --decode-tokens 32
+    .venv/bin/python bench/bench_kquant.py --llama-server ~/llama.cpp/build/bin/llama-server
+    .venv/bin/python bench/bench_kquant.py --kernels                   # block kernel vs dequant + GEMM
+
+Greedy, 2 threads everywhere. Prefill: one 512-token prompt (ours: the engine's chunked prefill
+through the paged KV cache; llama.cpp: one eval). Decode: 64 tokens after a short prompt,
+prompt included, batch 1. Aggregate: 16 requests of 64 tokens each, all submitted at once
+(ours: continuous batching; llama-cpp-python: one after another; llama-server, when a path is
+given: 16 slots, continuous batching). Targets (issue 4): decode and prefill >= 1.0x llama.cpp,
+16-concurrent >= 1.5x llama-server. Memory: our process's RSS growth while loading and running
+the engine, against 1.3x the GGUF file size plus the KV budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+
+from backends.engine import Engine
+from backends.engine_config import EngineConfig
+from backends.loader import load_engine, resolve_model_path
+from backends.sampling_params import SamplingParams
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _results import record  # noqa: E402
+
+TEXT = open(os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "perplexity_text.txt")).read()
+TOPICS = ["lighthouses", "volcanoes", "bread", "chess", "glaciers", "bridges", "owls", "tides",
+          "copper", "jazz", "deserts", "comets", "silk", "bees", "clocks", "rivers"]
+KV_CACHE_BYTES = 256 << 20  # the KV budget of the memory check; pages are touched only when used
+AREA = "k-quant engine"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def prompts(engine: Engine, n: int) -> list[list[int]]:
+    return [engine.tokenizer.encode(f"Note {i}: a few facts about {TOPICS[i % len(TOPICS)]}.") for i in range(n)]
+
+
+def bench_ours(name: str, prefill_tokens: int, decode_tokens: int, concurrent: int) -> dict[str, float]:
+    gc.collect()
+    before = rss_bytes()
+    start = time.perf_counter()
+    engine = load_engine(EngineConfig(name=name, model=f"bundled:{name}", engine="kquant", max_model_len=2048),
+                         kv_cache_bytes=KV_CACHE_BYTES)
+    load = time.perf_counter() - start
+    greedy = SamplingParams(temperature=0.0, max_tokens=decode_tokens, ignore_eos=True)
+    ids = engine.tokenizer.encode(TEXT)[:prefill_tokens]
+    engine.generate(ids[:32], SamplingParams(temperature=0.0, max_tokens=2))  # warm-up
+    start = time.perf_counter()
+    engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=1))
+    prefill = len(ids) / (time.perf_counter() - start)
+    prompt = engine.tokenizer.encode("The history of the lighthouse")
+    start = time.perf_counter()
+    engine.generate(prompt, greedy)
+    decode = decode_tokens / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for p in prompts(engine, concurrent):
+        engine.add_request(p, greedy)
+    num_tokens = 0
+    while engine.has_unfinished_requests():
+        num_tokens += sum(len(out.new_token_ids) for out in engine.step())
+    aggregate = num_tokens / (time.perf_counter() - start)
+    grown = rss_bytes() - before
+    del engine
+    gc.collect()
+    return {"load_s": load, "prefill": prefill, "decode": decode, "aggregate": aggregate, "rss_grown": grown}
+
+
+def bench_llama_cpp(name: str, prefill_tokens: int, decode_tokens: int, ids: list[int], prompt: list[int],
+                    sequential: int) -> dict[str, float]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(resolve_model_path(f"bundled:{name}"), n_threads=2, n_ctx=2048, n_batch=512,
+                          verbose=False)
+    llm.eval(ids[:32])  # warm-up
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(ids[:prefill_tokens])
+    prefill = len(ids[:prefill_tokens]) / (time.perf_counter() - start)
+
+    def generate(tokens: list[int]) -> None:
+        for i, _ in enumerate(llm.generate(tokens, top_k=1, temp=0.0, reset=True)):
+            if i + 1 == decode_tokens:
+                break
+
+    start = time.perf_counter()
+    generate(prompt)
+    decode = decode_tokens / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(sequential):
+        generate(llm.tokenize(f"Note {i}: a few facts about {TOPICS[i % len(TOPICS)]}.".encode()))
+    aggregate = sequential * decode_tokens / (time.perf_counter() - start)
+    del llm
+    return {"prefill": prefill, "decode": decode, "aggregate": aggregate}
+
+
+def bench_llama_server(binary: str, name: str, decode_tokens: int, concurrent: int) -> dict[str, float]:
+    """llama-server with `concurrent` slots: single-stream and aggregate decode tok/s."""
+    port = 18431
+    proc = subprocess.Popen([binary, "-m", resolve_model_path(f"bundled:{name}"), "-t", "2", "-np", str(concurrent),
+                             "-c", str(concurrent * 256), "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("llama-server did not become healthy")
+
+        def complete(i: int) -> int:
+            body = json.dumps({"prompt": f"Note {i}: a few facts about {TOPICS[i % len(TOPICS)]}.",
+                               "n_predict": decode_tokens, "temperature": 0, "ignore_eos": True,
+                               "cache_prompt": False}).encode()
+            request = urllib.request.Request(url + "/completion", body, {"Content-Type": "application/json"})
+            return json.load(urllib.request.urlopen(request, timeout=600))["tokens_predicted"]
+
+        complete(0)  # warm-up
+        start = time.perf_counter()
+        single = complete(1) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrent) as pool:
+            total = sum(pool.map(complete, range(concurrent)))
+        return {"decode": single, "aggregate": total / (time.perf_counter() - start)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_kernels(name: str, token_counts: list[int]) -> None:
+    """Microseconds per product of each (format, shape) of a model: block kernel vs decode + GEMM."""
+    from backends.checkpoint import GGUFCheckpoint
+    from backends.quantization import kernel_cpu
+    from backends.quantization.quantized_linear import BlockMatrix
+
+    checkpoint = GGUFCheckpoint(resolve_model_path(f"bundled:{name}"))
+    seen = set()
+    print(f"\n{name}: us per product, kernel / dequantize + GEMM  (T = tokens)")
+    print(f"{'format':6} {'out x in':>12} " + " ".join(f"{'T=' + str(t):>15}" for t in token_counts))
+    for tensor_name, info in checkpoint.file.tensors.items():
+        key = (info.ggml_type, tuple(info.shape))
+        if len(info.shape) != 2 or info.ggml_type.name.startswith(("F", "BF")) or key in seen:
+            continue
+        seen.add(key)
+        raw = checkpoint.raw(tensor_name)
+        m = BlockMatrix(raw.data.reshape(raw.shape[0], -1), raw.ggml_type, *raw.shape)
+        cells = []
+        for t in token_counts:
+            x = torch.randn(t, m.cols)
+            timings = []
+            for fn in (lambda: kernel_cpu.qmatmul(x, m.blocks, m.ggml_type, m.cols),
+                       lambda: F.linear(x, m.decode(m.blocks))):
+                fn()
+                reps = max(2, int(3e7 // (m.rows * m.cols * max(t, 4))))
+                start = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                timings.append((time.perf_counter() - start) / reps * 1e6)
+            cells.append(f"{timings[0]:7.0f}/{timings[1]:<7.0f}")
+        print(f"{raw.ggml_type.name:6} {m.rows:>6}x{m.cols:<5} " + " ".join(cells), flush=True)
+
+
+def ratio_row(model: str, metric: str, ours: float, ref_name: str, ref: float | None, target: float) -> None:
+    if ref is None:
+        print(f"{model:13} {metric:22} {ours:8.1f} {ref_name:>22} {'-':>8}  {'-':>6}  target >= {target}x: no reference")
+        record(AREA, f"{model} {metric}", ours, ref_name, None, f">= {target}x", None, "tok/s")
+        return
+    ratio = ours / ref
+    met = ratio >= target
+    print(f"{model:13} {metric:22} {ours:8.1f} {ref_name:>22} {ref:8.1f}  {ratio:5.2f}x  target >= {target}x: "
+          f"{'met' if met else 'NOT met'}")
+    record(AREA, f"{model} {metric}", ours, ref_name, ref, f">= {target}x", met, "tok/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--prefill-tokens", type=int, default=512)
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--concurrent", type=int, default=16)
+    parser.add_argument("--sequential", type=int, default=4, help="llama-cpp-python requests served back to back")
+    parser.add_argument("--llama-server", help="path to a llama-server binary (16 slots, continuous batching)")
+    parser.add_argument("--kernels", action="store_true", help="only the kernel-vs-GEMM table per batch size")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.kernels:
+        for name in args.models:
+            bench_kernels(name, [1, 2, 4, 8, 16, 32, 128])
+        return
+    results = {}
+    for name in args.models:
+        ours = bench_ours(name, args.prefill_tokens, args.decode_tokens, args.concurrent)
+        from backends.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_gguf(resolve_model_path(f"bundled:{name}"))
+        llama = bench_llama_cpp(name, args.prefill_tokens, args.decode_tokens, tokenizer.encode(TEXT),
+                                tokenizer.encode("The history of the lighthouse"), args.sequential)
+        server = bench_llama_server(args.llama_server, name, args.decode_tokens, args.concurrent) \
+            if args.llama_server else None
+        results[name] = (ours, llama, server)
+        print(f"  {name}: ours {ours}, llama.cpp {llama}, llama-server {server}", flush=True)
+    print(f"\n{'model':13} {'metric':22} {'ours':>8} {'reference':>22} {'value':>8}  {'ratio':>6}")
+    for name, (ours, llama, server) in results.items():
+        ratio_row(name, "prefill tok/s", ours["prefill"], "llama-cpp-python", llama["prefill"], 1.0)
+        ratio_row(name, "decode tok/s", ours["decode"], "llama-cpp-python", llama["decode"], 1.0)
+        if server:
+            ratio_row(name, "decode tok/s", ours["decode"], "llama-server", server["decode"], 1.0)
+            ratio_row(name, f"{args.concurrent}-concurrent tok/s", ours["aggregate"], "llama-server 16 slots",
+                      server["aggregate"], 1.5)
+        else:
+            ratio_row(name, f"{args.concurrent}-concurrent tok/s", ours["aggregate"], "llama-cpp-python seq.",
+                      llama["aggregate"], 1.5)
+    print(f"\n{'model':13} {'load s':>7} {'RSS grown MiB':>14} {'limit MiB':>10}  (1.3 x file + KV budget)")
+    for name, (ours, _, _) in results.items():
+        file_bytes = os.path.getsize(resolve_model_path(f"bundled:{name}"))
+        limit = 1.3 * file_bytes + KV_CACHE_BYTES
+        met = ours["rss_grown"] <= limit
+        print(f"{name:13} {ours['load_s']:7.2f} {ours['rss_grown'] / 2**20:14.0f} {limit / 2**20:10.0f}  "
+              f"{'met' if met else 'NOT met'} (file {file_bytes / 2**20:.0f} MiB)")
+        record(AREA, f"{name} RSS growth", ours["rss_grown"] / 2**20, "1.3 x file + KV budget", limit / 2**20,
+               "<= 1.0x", met, "MiB")
+
+
+if __name__ == "__main__":
+    main()
