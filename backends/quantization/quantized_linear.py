@@ -1,7 +1,8 @@
 """Linear layers and embeddings that keep their weights in GGML block format.
 
-    layer = QuantizedLinear(blocks, GGMLQuantizationType.Q4_K, out_features, in_features)
-    y = layer(x)          # x [T, in] -> [T, out], same contract as DenseLinear
+    matrix = BlockMatrix(blocks, GGMLQuantizationType.Q4_K, out_features, in_features)
+    y = QuantizedLinear(matrix)(x)        # x [T, in] -> [T, out], same contract as DenseLinear
+    rows = QuantizedEmbedding(matrix)(ids)  # decodes only the rows of `ids`
 
 The weights are the GGUF file's own block bytes (a view of its memory map where no rows are
 reordered), so the engine's weight memory is the file size. Products run in float32:
@@ -12,10 +13,17 @@ reordered), so the engine's weight memory is the file size. Products run in floa
   TILE_BYTES and multiplied with torch's GEMM, which out-computes the kernel's dot products
   once enough tokens share each decoded tile.
 
-Measured on this project's 2-core AVX-512 EPYC (single-thread CPU time, one run, Gemma
-shapes): kernel at T=1 decodes 8-9 G weights/s for every format (Q8_0 640x32768 2.3 ms,
-Q4_K 2048x640 0.14 ms); at T=8 it reaches ~23 G multiply-adds/s, T=16 the same, so beyond
-that dequantize + GEMM wins (see bench/bench_kquant.py --kernels for the crossover run).
+Measured on this project's 2-core AVX-512 EPYC (single-thread CPU time in ms, one run on a
+busy machine; kernel / dequantize + GEMM):
+
+    Gemma Q5_0 2048x640    T=1 0.2/1.9   T=8 0.6/1.1   T=16 1.4/0.9   T=32 2.6/2.2   T=64 4.9/4.0
+    Gemma Q6_K 640x2048    T=1 0.2/0.5   T=8 0.8/1.3   T=16 1.6/1.4   T=32 2.9/2.0   T=64 5.4/3.8
+    Gemma Q4_K 640x2048    T=1 0.2/0.8   T=8 0.8/1.2   T=16 1.4/1.5   T=32 2.5/2.0   T=64 4.4/2.6
+    Gemma Q8_0 16384x640   T=1 1.0/35    T=8 4.6/41    T=16 9.5/44    T=32 19/54     T=64 35/67
+    SmolLM2 Q4_1 1536x576  T=1 0.1/2.0   T=8 0.3/0.9   T=16 0.9/0.9   T=32 1.8/1.2   T=64 3.5/2.3
+
+so the kernel runs up to 16 tokens. (Decoding a big tile costs fresh pages each call, hence the
+Q8_0 row; the LM head of a decode step only sees the sampled rows, so it is within 16 anyway.) `bench/bench_kquant.py --kernels` prints this table for a model.
 Without a C++ compiler (kernel_cpu.available() is False), or for formats the kernel does not
 decode (Q2_K, Q3_K), both paths use the torch dequantizers tile by tile.
 """
@@ -31,7 +39,7 @@ from backends.quantization import kernel_cpu
 from backends.quantization.dequantize import dequantize
 from backends.quantization.formats import resolve_format
 
-KERNEL_MAX_TOKENS = 8  # tokens per product up to which the block kernel beats dequant + GEMM
+KERNEL_MAX_TOKENS = 16  # tokens per product up to which the block kernel beats dequant + GEMM
 TILE_BYTES = 8 << 20  # float32 bytes of weight decoded per GEMM tile
 
 
