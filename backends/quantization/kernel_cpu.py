@@ -13,7 +13,9 @@ Set ROUTEGATE_NO_KERNELS=1 to force the pure-torch paths (tests compare both).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import threading
 from types import ModuleType
 
@@ -24,11 +26,32 @@ _T = GGMLQuantizationType
 # The formats kernel_qmatmul.cpp decodes; the others (Q2_K, Q3_K) use the torch dequantizers.
 KERNEL_FORMATS = frozenset({_T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q8_0, _T.Q4_K, _T.Q5_K, _T.Q6_K})
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "kernel_qmatmul.cpp")
+_HERE = os.path.dirname(__file__)
+_SOURCE = os.path.join(_HERE, "kernel_qmatmul.cpp")
+_HEADER = os.path.join(_HERE, "kernel_decode.h")
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _error: str | None = None
 _tried = False
+
+
+def _build_name() -> str:
+    """Extension name keyed by both source files and the CPU's flags.
+
+    NOTE: torch rebuilds when a listed source changes but not when a header it includes does,
+    and -march=native code must not be reused on another CPU through a shared cache folder.
+    """
+    digest = hashlib.sha256()
+    for path in (_SOURCE, _HEADER):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest.update(platform.machine().encode())
+    try:
+        with open("/proc/cpuinfo") as f:
+            digest.update(next((line for line in f if line.startswith("flags")), "").encode())
+    except OSError:
+        pass
+    return f"routegate_kernel_qmatmul_{digest.hexdigest()[:12]}"
 
 
 def _build() -> ModuleType:
@@ -37,7 +60,7 @@ def _build() -> ModuleType:
     # -march=native: AVX-512 where the CPU has it (the build is per machine anyway);
     # -fopenmp: at::parallel_for runs on torch's own OpenMP pool (same libgomp.so.1 soname).
     return cpp_extension.load(
-        name="routegate_kernel_qmatmul",
+        name=_build_name(),
         sources=[_SOURCE],
         extra_cflags=["-O3", "-march=native", "-std=c++20", "-fopenmp", "-mprefer-vector-width=512"],
         extra_ldflags=["-fopenmp"],
