@@ -1,4 +1,5 @@
-"""A second KV level behind the in-process prefix cache: its configuration, status and interface.
+"""A second KV level behind the in-process prefix cache: its interface and status
+(configuration: backends/kv_tier_config.py; the Redis implementation: backends/redis_kv_tier.py).
 
 Blocks are keyed by (model fingerprint, chain hash), so every replica and every restart of the
 same model finds the same blocks. The tier is an optimisation only: whatever goes wrong in it,
@@ -22,7 +23,6 @@ from backends.kv_tier_config import KVTierConfig
 
 TIER_OK = "ok"  # the last operations worked
 TIER_DEGRADED = "degraded"  # unreachable (reconnecting with backoff), slow, or full: requests recompute
-TIER_OFF = "off"  # no tier configured
 
 
 @dataclass(frozen=True)
