@@ -73,7 +73,9 @@ class Bench:
     def engine(self, with_tier: bool) -> Engine:
         """A fresh engine: empty pool, and (with_tier) a new connection to Redis."""
         b = self.base
-        tier = open_kv_tier(KVTierConfig(self.server.url, kv_dtype="bfloat16")) if with_tier else None
+        # A generous socket timeout: on a busy 2-core machine Redis itself may wait for a core.
+        config = KVTierConfig(self.server.url, kv_dtype="bfloat16", timeout_s=5.0)
+        tier = open_kv_tier(config) if with_tier else None
         if tier is not None:
             self.tiers.append(tier)
         layout = b.kv_cache.layout
