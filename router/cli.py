@@ -196,7 +196,7 @@ def label(
 def build_default_command(
     prompts: Annotated[Path, typer.Option(help="Prompts to label (RouteLLM's MMLU by default).")] = Path("../shared/data/routellm/mmlu"),
     out: Path = Path("routers/default.router"),
-    num_prompts: int = 160,
+    num_prompts: int = 64,
     labels: Annotated[Path, typer.Option(help="Where the labels go (kept out of the repo).")] = DEFAULT_CACHE.parent / "default-labels.jsonl",
     cache: CacheOpt = DEFAULT_CACHE,
 ) -> None:

@@ -69,13 +69,39 @@ class Embedder:
             backend.enable_truncation(self._st.max_seq_length)
             backend.no_padding()
         self.cache = EmbeddingCache(cache) if isinstance(cache, (str, Path)) else cache
+        self._numpy_encoder = self._numpy_path()
+
+    def _numpy_path(self):
+        """The numpy encoder when the pipeline is BERT -> mean pooling -> normalize (MiniLM's),
+        else None (the torch modules serve single queries too)."""
+        from threadpoolctl import ThreadpoolController
+
+        from router.minilm_numpy import NumpyBertEncoder
+
+        kinds = [type(m).__name__ for m in self._st]
+        pooling = self._st[1] if len(self._st) > 1 else None
+        model_type = getattr(getattr(self._st[0], "auto_model", None), "config", None)
+        if (kinds != ["Transformer", "Pooling", "Normalize"] or self._fast_tokenizer is None
+                or getattr(pooling, "pooling_mode", "mean") != "mean" or getattr(model_type, "model_type", "") != "bert"):
+            return None
+        try:
+            encoder = NumpyBertEncoder(self._st[0].auto_model)
+        except ValueError:
+            return None
+        self._blas = ThreadpoolController()
+        return encoder
 
     def embed_one(self, text: str) -> np.ndarray:
         """One text, through the model's modules directly (no batching, sorting or progress code)."""
         if self._fast_tokenizer is None:
             return self.embed([text])[0]
-        torch = self._torch
         enc = self._fast_tokenizer.encode(text)
+        if self._numpy_encoder is not None:
+            # NOTE: one BLAS thread: a dozen tokens gain nothing from more, and on a busy CPU a
+            # multi-threaded product waits for descheduled workers (10x slower measured here).
+            with self._blas.limit(limits=1, user_api="blas"):
+                return self._numpy_encoder.encode(enc.ids)
+        torch = self._torch
         features = {"input_ids": torch.tensor([enc.ids]), "attention_mask": torch.tensor([enc.attention_mask]),
                     "token_type_ids": torch.tensor([enc.type_ids])}
         with torch.inference_mode():
