@@ -43,6 +43,15 @@ def embed_with_progress(embedder, texts, label: str = "embedding"):
         return embedder.embed(texts, progress=lambda n: progress.advance(task, n))
 
 
+def _load_router(path: Path, cache: Path):
+    """A router whose embedder reads and writes the embedding cache."""
+    from router.embedder import Embedder
+    from router.router import Router
+
+    r = Router.load(path)
+    return Router(r.forest, r.meta, Embedder(r.meta.embedder_model, cache=cache))
+
+
 def _parse_costs(costs: list[str]) -> dict[str, float]:
     out = {}
     for item in costs:
@@ -111,14 +120,11 @@ def evaluate(
 ) -> None:
     """APGR, CPT(50%), CPT(80%) with random and oracle references (RouteLLM's definitions)."""
     from router.datasets import load_dataset
-    from router.embedder import Embedder
     from router.evaluation import evaluate_router
     from router.metrics import plot_curves
-    from router.router import Router
 
     try:
-        r = Router.load(router)
-        r = Router(r.forest, r.meta, Embedder(r.meta.embedder_model, cache=cache))
+        r = _load_router(router, cache)
         dataset = load_dataset(data)
         probs = r.probabilities(embed_with_progress(r.embedder, list(dataset.prompts)))
         ev = evaluate_router(probs, dataset, r.backends, r.threshold)
@@ -147,14 +153,11 @@ def calibrate(
     cache: CacheOpt = DEFAULT_CACHE,
 ) -> None:
     """Set the threshold so `strong_share` of the reference prompts leave the cheapest backend."""
-    from router.embedder import Embedder
     from router.labeling import load_prompts
     from router.policy import calibrate_threshold
-    from router.router import Router
 
     try:
-        r = Router.load(router)
-        r = Router(r.forest, r.meta, Embedder(r.meta.embedder_model, cache=cache))
+        r = _load_router(router, cache)
         prompts = [p.prompt for p in load_prompts(data)]
         probs = r.probabilities(embed_with_progress(r.embedder, prompts))
         threshold = calibrate_threshold(probs[:, 0], strong_share)
