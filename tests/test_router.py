@@ -201,3 +201,17 @@ def test_malicious_router_files_are_refused_and_run_nothing(tmp_path):
         np.savez(f, **arrays)
     with pytest.raises(ValueError, match="meta.format"):
         Router.load(other)
+
+
+def test_three_backend_router_routes_by_cost(tmp_path):
+    sk, flat, X, scores = _toy_forest(num_backends=3)
+    meta = RouterMeta(("mid", "dear", "cheap"), (2.0, 3.0, 1.0), 0.55, label_scheme(3), "bundled:all-MiniLM-L6-v2",
+                      "toy@0", 6, {}, {})
+    save_router_file(tmp_path / "three.router", flat, meta)
+    router = Router.load(tmp_path / "three.router")
+    assert router.backends == ("cheap", "mid", "dear")
+    probs = router.probabilities(X[:40])
+    np.testing.assert_allclose(probs, flat.predict(X[:40])[:, [2, 0, 1]])
+    chosen = choose(probs, 0.55)
+    first_clear = [next((j for j in range(3) if row[j] >= 0.55), 2) for row in probs]
+    assert chosen.tolist() == first_clear
