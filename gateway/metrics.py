@@ -54,11 +54,14 @@ class _EngineCollector(Collector):
         for backend, s in sorted(stats.items()):
             running.add_metric([backend], s.num_running)
             waiting.add_metric([backend], s.num_waiting)
+            # Blocks loaded from Redis join the local cache before admission, so the engine's
+            # hits include them: count them under "redis" only.
+            local_hits = max(0, s.prefix_hit_tokens - s.kv_tier_loaded_tokens)
             queries.add_metric([backend, "local"], s.prefix_query_tokens)
-            hits.add_metric([backend, "local"], s.prefix_hit_tokens)
+            hits.add_metric([backend, "local"], local_hits)
             if getattr(s, "kv_tier", None) is not None:
                 # Redis is asked for what the local cache missed; its hits are the tokens loaded.
-                queries.add_metric([backend, "redis"], s.prefix_query_tokens - s.prefix_hit_tokens)
+                queries.add_metric([backend, "redis"], s.prefix_query_tokens - local_hits)
                 hits.add_metric([backend, "redis"], s.kv_tier_loaded_tokens)
         if stats:
             # One pool serves every engine; any snapshot has its totals (the newest is enough).

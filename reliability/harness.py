@@ -56,7 +56,7 @@ class Gateway:
         return int(re.search(r"^VmRSS:\s+(\d+) kB", status, flags=re.M).group(1)) * 1024
 
     def metrics(self) -> dict[str, float]:
-        """Unlabelled and summed-over-labels values of the gateway's Prometheus metrics."""
+        """The gateway's Prometheus metrics: by name summed over labels, and by `name{labels}`."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
             text = r.read().decode()
         values: dict[str, float] = {}
@@ -64,6 +64,8 @@ class Gateway:
             match = re.match(r"^([A-Za-z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
             if match:
                 values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(3))
+                if match.group(2):
+                    values[match.group(1) + match.group(2)] = float(match.group(3))
         return values
 
     def wait_idle(self, timeout_s: float = 60) -> bool:

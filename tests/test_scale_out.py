@@ -34,6 +34,11 @@ def test_round_robin_replicas_share_prefixes_through_redis():
                 wait_for_keys(redis_server, (first.usage.prompt_tokens - 1) // 16)
                 second = client.complete(PROMPT, **params)
             assert (served(a), served(b)) == (1.0, 1.0)  # one request on each replica
+            cached = second.usage.cached_prompt_tokens
+            hits = {tier: a.metrics().get(f'routegate:prefix_cache_hits_total{{backend="{BACKEND}",tier="{tier}"}}', 0)
+                    + b.metrics().get(f'routegate:prefix_cache_hits_total{{backend="{BACKEND}",tier="{tier}"}}', 0)
+                    for tier in ("local", "redis")}
+            assert hits == {"local": 0, "redis": cached}  # the second replica's hit came from Redis
             assert second.token_ids == first.token_ids
             assert second.usage.cached_prompt_tokens == (first.usage.prompt_tokens - 1) // 16 * 16
 
