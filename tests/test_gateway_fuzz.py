@@ -3,8 +3,8 @@
 Every request must end with OK or a status that names the client's mistake (INVALID_ARGUMENT,
 NOT_FOUND) or its deadline, never INTERNAL or UNKNOWN; afterwards the server is healthy, its
 engine idle, and a normal request still gets the engine's own greedy completion. Valid requests
-are kept cheap (max_tokens of a few tokens, or the 16 default); the derandomized run is the same
-on every machine.
+are kept cheap (one token, or the 16 default in raw bytes that parse); the
+derandomized run is the same on every machine.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from gateway.server_thread import ServerThread
 BACKEND = "smollm2-135m"
 CONFIG = GatewayConfig(host="127.0.0.1", port=0, kv_cache_bytes=64 * 1024 * 1024,
                        backends=(BackendConfig.of(BACKEND, f"bundled:{BACKEND}"),))
-CALL_TIMEOUT_S = 20.0  # a valid request with max_tokens=2**31-1 runs into this
+CALL_TIMEOUT_S = 10.0  # a valid request with max_tokens=2**31-1 may run into this
 CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
          grpc.StatusCode.DEADLINE_EXCEEDED}
 INT32 = st.integers(-(2**31), 2**31 - 1)
@@ -68,22 +68,32 @@ messages = st.lists(
 )
 valid = st.builds(
     gateway_pb2.GenerateRequest,
-    prompt=st.text(min_size=1, max_size=40), max_tokens=st.sampled_from([None, 1, 2, 3]), sampling=valid_sampling,
+    prompt=st.text(min_size=1, max_size=40), max_tokens=st.just(1), sampling=valid_sampling,
     backend=st.sampled_from(["", BACKEND]), router_threshold=st.none() | f32(-1e6, 1e6),
 )
 malformed = st.builds(
     gateway_pb2.GenerateRequest,
     prompt=TEXT, messages=messages,
-    max_tokens=st.sampled_from([None, -(2**31), -1, 0, 1, 1, 2, 2, 3]),
+    max_tokens=st.sampled_from([-(2**31), -1, 0, 1, 2]),
     sampling=any_sampling,
     backend=st.sampled_from(["", BACKEND, "nope", "\x00", "x" * 1000]),
     router_threshold=st.none() | FLOAT32,
     request_id=st.sampled_from(["", "r", "x" * 300]) | TEXT,
 )
-requests = st.tuples(
-    st.sampled_from(["Generate", "Complete"]),
-    (valid | malformed).map(lambda r: r.SerializeToString()) | st.binary(max_size=64),
-)
+
+
+def _payload(kind: int) -> st.SearchStrategy[bytes]:
+    """One in eight valid (they generate, so they cost the most), the rest malformed or raw bytes.
+
+    NOTE: one_of(valid, malformed, ...) drew the valid branch about half the time; a uniform
+    pick of the kind keeps the share (and the run time) where it is meant to be.
+    """
+    if kind < 2:
+        return st.binary(max_size=64)
+    return (valid if kind == 7 else malformed).map(lambda r: r.SerializeToString())
+
+
+requests = st.tuples(st.sampled_from(["Generate", "Complete"]), st.sampled_from(range(8)).flatmap(_payload))
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +139,9 @@ def _status(channel: grpc.Channel, method: str, payload: bytes) -> grpc.StatusCo
 @given(request=requests)
 @example(request=("Complete", gateway_pb2.GenerateRequest(prompt="Hi", max_tokens=2**31 - 1).SerializeToString()))
 @example(request=("Generate", b"\xff\xff\xff"))
+# Found by this test: a subnormal repetition_penalty overflowed the sampler (INTERNAL).
+@example(request=("Generate", gateway_pb2.GenerateRequest(
+    prompt="0", sampling=gateway_pb2.SamplingParams(repetition_penalty=1.4013e-45, logprobs=1)).SerializeToString()))
 def test_malformed_and_extreme_requests_get_clean_statuses(channel: grpc.Channel, request: tuple[str, bytes]) -> None:
     method, payload = request
     assert _status(channel, method, payload) in CLEAN

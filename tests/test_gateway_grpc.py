@@ -303,3 +303,11 @@ def test_request_id_in_flight_is_already_exists(server: ServerThread, stub) -> N
     _wait_idle(server)
     # Once the first is gone the id is free again.
     assert _collect(stub, _greedy_request("smollm2-135m", 2, request_id="same-id"))[-1].finish_reason
+
+
+def test_router_file_must_match_the_backends_and_config_costs_override(router_path: str) -> None:
+    from gateway.routing import load_router
+
+    with pytest.raises(ValueError, match=f"routes to backend\\(s\\) {STRONG} that are not configured"):
+        load_router(router_path, {}, [CHEAP])
+    assert load_router(router_path, {CHEAP: 5.0}, BACKENDS).backends == (STRONG, CHEAP)  # cheapest first
