@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 MAX_STOP_STRINGS = 16
 MAX_LOGPROBS = 20
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 MAX_ABS_LOGIT_BIAS = 100.0
 # NOTE: dividing float32 logits by a smaller temperature can overflow; vLLM treats such
 # temperatures as 0 for the same reason.
@@ -37,7 +38,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off; otherwise keep the k most likely tokens
     top_p: float = 1.0  # 1.0 = off; nucleus mass kept after top-k, in (0, 1]
     min_p: float = 0.0  # 0 = off; keep tokens with p >= min_p * p_max, in [0, 1]
-    repetition_penalty: float = 1.0  # 1 = off; > 0; prompt + output tokens (HF rule)
+    repetition_penalty: float = 1.0  # 1 = off; in [0.01, 100]; prompt + output tokens (HF rule)
     presence_penalty: float = 0.0  # in [-2, 2]; subtracted once from every output token seen
     frequency_penalty: float = 0.0  # in [-2, 2]; subtracted once per occurrence in the output
     seed: int | None = None  # per-request generator seed in [0, 2**63); None = nondeterministic
@@ -55,8 +56,10 @@ class SamplingParams:
         _check_int("top_k", self.top_k, 0)
         _check_real("top_p", self.top_p, 0.0, 1.0, lower_open=True)
         _check_real("min_p", self.min_p, 0.0, 1.0)
-        _check_real("repetition_penalty", self.repetition_penalty, 0.0, math.inf,
-                    lower_open=True, upper_open=True)
+        # NOTE: bounded so a penalized logit stays finite (a subnormal divisor made it inf, and
+        # inf - inf = NaN broke sampling); 0.01..100 spans every useful setting.
+        _check_real("repetition_penalty", self.repetition_penalty, MIN_REPETITION_PENALTY,
+                    MAX_REPETITION_PENALTY)
         _check_real("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _check_real("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         if self.seed is not None:

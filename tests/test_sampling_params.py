@@ -37,7 +37,7 @@ def test_collections_are_normalised_to_hashable_tuples() -> None:
 
 @pytest.mark.parametrize("kwargs", [
     dict(temperature=0.0), dict(top_k=1), dict(top_p=1.0), dict(top_p=1e-9), dict(min_p=0.0),
-    dict(min_p=1.0), dict(repetition_penalty=1e-3), dict(presence_penalty=-2.0),
+    dict(min_p=1.0), dict(repetition_penalty=0.01), dict(repetition_penalty=100.0), dict(presence_penalty=-2.0),
     dict(presence_penalty=2.0), dict(frequency_penalty=-2.0), dict(frequency_penalty=2.0),
     dict(seed=0), dict(seed=2**63 - 1), dict(max_tokens=1), dict(min_tokens=16, max_tokens=16),
     dict(stop=[f"s{i}" for i in range(16)]), dict(logprobs=20), dict(logit_bias={0: -100, 1: 100}),
@@ -63,6 +63,8 @@ def test_boundary_values_are_accepted(kwargs) -> None:
     ("repetition_penalty", dict(repetition_penalty=0.0)),
     ("repetition_penalty", dict(repetition_penalty=-1.0)),
     ("repetition_penalty", dict(repetition_penalty=math.inf)),
+    ("repetition_penalty", dict(repetition_penalty=1.4013e-45)),  # subnormal: penalized logits overflowed
+    ("repetition_penalty", dict(repetition_penalty=100.5)),
     ("presence_penalty", dict(presence_penalty=-2.01)),
     ("presence_penalty", dict(presence_penalty=2.5)),
     ("frequency_penalty", dict(frequency_penalty=-3.0)),
