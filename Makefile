@@ -5,7 +5,7 @@
 #   make reference  the slow tests that load HF transformers itself (the fixtures' source)
 #   make proto   regenerate the committed gRPC stubs in gateway/proto_gen/
 #   make bench   run the benchmark scripts in bench/ (every bench/*.py not starting with _)
-#   make router  rebuild routers/default.router: label prompts with the bundled models, train (minutes)
+#   make router  rebuild router/default.router: label prompts with the bundled models, train (minutes)
 #   make reliability  soak (10 min), fault and fuzz (10,000 requests) cases against real gateways
 
 PYTHON ?= python3
@@ -60,4 +60,4 @@ reliability: $(STAMP)
 # is RouteLLM's MMLU folder, read in place.
 ROUTER_PROMPTS ?= ../shared/data/routellm/mmlu
 router: $(STAMP)
-	$(VENV)/bin/routegate router build-default --prompts $(ROUTER_PROMPTS) --out routers/default.router
+	$(VENV)/bin/routegate router build-default --prompts $(ROUTER_PROMPTS) --out router/default.router

@@ -13,7 +13,7 @@
     max_model_len = 2048
     cost = 1.0                            # relative cost the router weighs (> 0); default: the router file's
 
-    router = "routers/default.router"     # optional; requests with no backend are routed
+    router = "router/default.router"     # optional; requests with no backend are routed
     api_keys = ["key-1", "key-2"]         # optional; clients send `authorization: Bearer <key>`
     max_pending_requests = 1024           # requests in flight (queued + running); more = RESOURCE_EXHAUSTED
     metrics_port = 9090                   # optional; Prometheus /metrics on host:metrics_port
@@ -39,7 +39,8 @@ from backends.kv_tier_config import KVTierConfig
 from gateway.litellm_config import LITELLM_ENGINE, LiteLLMConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ROUTER = ROOT / "routers" / "default.router"  # trained for DEFAULT_BACKENDS
+# Trained for DEFAULT_BACKENDS; package data of `router`, so installed copies find it too.
+DEFAULT_ROUTER = ROOT / "router" / "default.router"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # typed by clients; a health service name
 
 

@@ -6,7 +6,7 @@ backends (no judge).
     routegate router evaluate --router mmlu.router --data held_out.csv --plot curve.png
     routegate router calibrate --router mmlu.router --data prompts.jsonl --strong-share 0.3
     routegate router label --prompts prompts.jsonl --backends smollm2-135m,gemma3-270m --out labels.jsonl
-    routegate router build-default            # routers/default.router (`make router`)
+    routegate router build-default            # router/default.router (`make router`)
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def label(
 @app.command("build-default")
 def build_default_command(
     prompts: Annotated[Path, typer.Option(help="Prompts to label (RouteLLM's MMLU by default).")] = Path("../shared/data/routellm/mmlu"),
-    out: Path = Path("routers/default.router"),
+    out: Path = Path("router/default.router"),
     num_prompts: int = 64,
     labels: Annotated[Path, typer.Option(help="Where the labels go (kept out of the repo).")] = DEFAULT_CACHE.parent / "default-labels.jsonl",
     cache: CacheOpt = DEFAULT_CACHE,

@@ -139,7 +139,7 @@ def test_route_api(trained, embedder):
 
 
 def test_default_router_is_small_and_routes_the_default_backends(embedder):
-    path = REPO / "routers" / "default.router"
+    path = REPO / "router" / "default.router"
     assert path.stat().st_size < 2_000_000
     router = Router.load(path, embedder=embedder)
     assert router.backends == ("smollm2-135m", "gemma3-270m")
