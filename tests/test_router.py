@@ -20,7 +20,7 @@ from router.policy import calibrate_threshold, choose
 from router.router import Router
 from router.router_file import RouterMeta, load_router_file, save_router_file
 
-MMLU = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "mmlu"
+from tests.routellm_data import MMLU  # noqa: E402
 
 
 def test_rorf_four_classes_and_what_they_say_about_each_backend():

@@ -18,7 +18,7 @@ from router.datasets import load_dataset  # noqa: E402
 from router.embedder import Embedder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MMLU = REPO.parent / "shared" / "data" / "routellm" / "mmlu"
+from tests.routellm_data import MMLU  # noqa: E402
 SUBJECTS = ("mmlu_abstract_algebra.csv", "mmlu_global_facts.csv")  # 79 + 67 short prompts
 needs_mmlu = pytest.mark.skipif(not MMLU.is_dir(), reason="RouteLLM MMLU data not present")
 
