@@ -124,11 +124,10 @@ class Engine:
             return out
         text, stop = text_stream.add(out.new_token_ids)
         finish_reason, stop_reason = out.finish_reason, None
-        if stop is not None and finish_reason is None:
-            self.scheduler.finish(out.request_id, FinishReason.STOP)
+        if stop is not None:  # the text ended on a stop string
+            if finish_reason is None:
+                self.scheduler.finish(out.request_id, FinishReason.STOP)
             finish_reason, stop_reason = FinishReason.STOP, stop
-        elif stop is not None:
-            finish_reason, stop_reason = FinishReason.STOP, stop  # the text ended on a stop string
         elif finish_reason is FinishReason.STOP and out.new_token_ids:
             stop_reason = out.new_token_ids[-1]  # EOS or a stop token id
         if finish_reason is not None:
