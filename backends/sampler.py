@@ -22,6 +22,13 @@ holds u (inverse CDF). So a seeded request yields the same tokens whatever share
 
 Logprobs are those of the distribution the token was drawn from, i.e. log_softmax of the processed
 logits (after every step above; for greedy rows, after bias, penalties and masking).
+
+Float32 logits on the CPU go, after bias, penalties and masking, to the compiled row sampler
+(backends/sampling_kernel.cpp) when it builds, else to the torch path below; both follow the rules
+above and draw in the same order (vocabulary order for rows without top-k/top-p, descending
+probability for the others), so for the same u they pick the same token except where u, p or
+min_p lies within float rounding of a boundary (their exp and summation orders differ), and among
+tokens tied at a cut (the kernel keeps the lowest ids first). Greedy rows agree exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
-from backends.logits_processors import adaptive_beta, apply_logit_bias, apply_penalties, mask_stop_tokens
+from backends import sampling_kernel
+from backends.logits_processors import (ADAPTIVE_MIN_ENTROPY, ADAPTIVE_POLY, adaptive_beta, apply_logit_bias,
+                                        apply_penalties, mask_stop_tokens)
 from backends.sampling_params import SamplingParams
 from backends.token_logprobs import TokenLogprobs
 
@@ -44,6 +53,12 @@ TOP_P_CANDIDATES = 1024
 CHUNK_BYTES = 16 << 20
 CDF_BLOCK = 256  # tokens per block of the two-level inverse CDF
 TOPK_BLOCK = 64  # tokens per block of the block-maximum top-k
+# The compiled sampler lists the tokens >= the KERNEL_CANDIDATE_BLOCKS-th largest maximum of 64-token
+# blocks for a top-p row (and a histogram only when their mass is short of p), and takes top-k by
+# block maxima up to KERNEL_MAX_BLOCK_TOP_K (larger k: the histogram). Tests shrink them.
+KERNEL_CANDIDATE_BLOCKS = 256
+KERNEL_MAX_BLOCK_TOP_K = 1024
+USE_KERNEL = True  # False: always the torch path (tests compare the two)
 _GREEDY, _FULL, _TOP_K, _TOP_P = 0, 1, 2, 3  # sampling paths; a row's path depends on its own params only
 
 
@@ -77,6 +92,8 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow],
     logprobs: list[TokenLogprobs | None] = [None] * len(rows)
     vocab = logits.shape[1]
     u = _uniforms(rows, logits.device)
+    if USE_KERNEL and logits.device.type == "cpu" and logits.dtype == torch.float32 and sampling_kernel.available():
+        return _sample_kernel(logits, rows, u)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, row in enumerate(rows):
         p = row.params
@@ -92,6 +109,27 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow],
             for i, t, lp in zip(chunk, tokens, lps):
                 token_ids[i], logprobs[i] = t, lp
     return SamplerOutput(token_ids, logprobs)
+
+
+def _sample_kernel(logits: torch.Tensor, rows: Sequence[SamplingRow], u: torch.Tensor) -> SamplerOutput:
+    """Every row at once through the compiled sampler (one parallel pass over the rows)."""
+    params = [r.params for r in rows]
+    fparams = torch.tensor([(0.0 if p.greedy else 1.0 / p.temperature, p.top_p, p.min_p, 0.0) for p in params],
+                           dtype=torch.float64)
+    fparams[:, 3] = u
+    iparams = torch.tensor([(int(p.greedy) | int(p.adaptive_temperature) << 1, p.top_k, 0, p.logprobs)
+                            for p in params], dtype=torch.int64)
+    token_ids, lps, top_ids, top_lps = sampling_kernel.sample_rows(
+        logits, fparams, iparams, ADAPTIVE_POLY, ADAPTIVE_MIN_ENTROPY, KERNEL_CANDIDATE_BLOCKS,
+        KERNEL_MAX_BLOCK_TOP_K)
+    logprobs: list[TokenLogprobs | None] = [None] * len(rows)
+    asked = [i for i, p in enumerate(params) if p.logprobs]
+    if asked:
+        index = torch.tensor(asked)
+        for i, lp, ids, values in zip(asked, lps[index].tolist(), top_ids[index].tolist(), top_lps[index].tolist()):
+            n = params[i].logprobs
+            logprobs[i] = TokenLogprobs(lp, tuple((t, v) for t, v in zip(ids[:n], values[:n]) if t >= 0))
+    return SamplerOutput(token_ids.tolist(), logprobs)
 
 
 def _sample_chunk(kind: int, top_k: int, x: torch.Tensor, params: list[SamplingParams], u: torch.Tensor
