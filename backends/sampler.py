@@ -55,7 +55,8 @@ CDF_BLOCK = 256  # tokens per block of the two-level inverse CDF
 TOPK_BLOCK = 64  # tokens per block of the block-maximum top-k
 # The compiled sampler lists the tokens >= the KERNEL_CANDIDATE_BLOCKS-th largest maximum of 64-token
 # blocks for a top-p row (and a histogram only when their mass is short of p), and takes top-k by
-# block maxima up to KERNEL_MAX_BLOCK_TOP_K (larger k: the histogram). Tests shrink them.
+# block maxima up to KERNEL_MAX_BLOCK_TOP_K (larger k: the histogram). 0 sends every such row to the
+# histogram (tests).
 KERNEL_CANDIDATE_BLOCKS = 256
 KERNEL_MAX_BLOCK_TOP_K = 1024
 USE_KERNEL = True  # False: always the torch path (tests compare the two)

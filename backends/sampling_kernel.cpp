@@ -339,8 +339,8 @@ bool histogram_row(const RowMath& rm, int64_t k, double top_p, float min_p, doub
 void truncated_row(const RowMath& rm, int64_t k, double top_p, float min_p, double u, int64_t num_logprobs,
                    int64_t candidate_blocks, int64_t max_block_top_k, Scratch& sc, RowOut& o) {
   const bool by_k = k < rm.V && k <= max_block_top_k;
-  const double z_all = top_p < 1.0 && k >= rm.V ? weight_sum(rm, 0.0f, nullptr) : 0.0;
-  if (by_k || top_p < 1.0) {
+  if (by_k || (top_p < 1.0 && candidate_blocks > 0)) {
+    const double z_all = top_p < 1.0 && k >= rm.V ? weight_sum(rm, 0.0f, nullptr) : 0.0;
     top_candidates(rm.x, rm.V, sc.bmax.data(), by_k ? k : candidate_blocks, sc.tmp, sc.cands);
     if (by_k) sc.cands.resize(k);  // the row's top k, exactly
     const int64_t n = static_cast<int64_t>(sc.cands.size());
@@ -404,7 +404,8 @@ std::vector<torch::Tensor> sample_rows(torch::Tensor logits, torch::Tensor fpara
               fparams.is_contiguous(), "fparams must be contiguous float64 [B, 4]");
   TORCH_CHECK(iparams.dtype() == torch::kInt64 && iparams.sizes() == torch::IntArrayRef({B, 4}) &&
               iparams.is_contiguous(), "iparams must be contiguous int64 [B, 4]");
-  TORCH_CHECK(candidate_blocks >= 1 && max_block_top_k >= 0, "candidate_blocks >= 1, max_block_top_k >= 0");
+  // candidate_blocks = 0 (top-p) and max_block_top_k = 0 (top-k) send every such row to the histogram (tests).
+  TORCH_CHECK(candidate_blocks >= 0 && max_block_top_k >= 0, "candidate_blocks and max_block_top_k must be >= 0");
   const double* fp = fparams.data_ptr<double>();
   const int64_t* ip = iparams.data_ptr<int64_t>();
   int64_t num_top = 0;

@@ -2,7 +2,9 @@
 
 Distribution checks draw 20,000 tokens from fixed logits and compare the counts with the exact
 target distribution (computed independently below from the definitions) by a chi-square test at
-p > 0.001; tokens outside the target's support must never be drawn.
+p > 0.001; tokens outside the target's support must never be drawn. Tests taking the `path`
+fixture run on the torch path, on the compiled kernel, and on the kernel with every top-k/top-p
+row sent to its histogram (tests/test_sampling_kernel.py compares the paths token for token).
 """
 
 from __future__ import annotations
@@ -13,13 +15,26 @@ from collections import Counter
 import pytest
 import torch
 
-from backends import sampler
+from backends import sampler, sampling_kernel
 from backends.logits_processors import ADAPTIVE_POLY, adaptive_beta, apply_logit_bias, apply_penalties, mask_stop_tokens
 from backends.sampler import SamplingRow, sample
 from backends.sampling_params import SamplingParams as P
 
 NUM_DRAWS = 20_000
 LOGITS = [3.0, 2.2, 1.9, 1.0, 0.5, 0.0, -0.7, -1.5]
+
+
+@pytest.fixture(params=["torch", "kernel", "kernel-histogram"])
+def path(request, monkeypatch) -> str:
+    """Which sampling path the test runs on (the kernel ones skip where it does not build)."""
+    if request.param == "torch":
+        monkeypatch.setattr(sampler, "USE_KERNEL", False)
+    elif not sampling_kernel.available():
+        pytest.skip(f"compiled sampler unavailable: {sampling_kernel.build_error()}")
+    if request.param == "kernel-histogram":
+        monkeypatch.setattr(sampler, "KERNEL_CANDIDATE_BLOCKS", 0)
+        monkeypatch.setattr(sampler, "KERNEL_MAX_BLOCK_TOP_K", 0)
+    return request.param
 
 
 def chi2_sf(x: float, df: int) -> float:
@@ -89,13 +104,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "plain")
-def test_draws_match_the_exact_target_distribution(kwargs) -> None:
+def test_draws_match_the_exact_target_distribution(path, kwargs) -> None:
     assert_matches(draw(LOGITS, P(**kwargs)), target(LOGITS, **kwargs))
 
 
 @pytest.mark.parametrize("kwargs", [dict(top_k=3), dict(top_p=0.8), dict(top_k=5, top_p=0.7),
                                     dict(temperature=1.5, top_p=0.9, min_p=0.2)])
-def test_block_top_k_and_full_sort_fallback_paths_match_too(monkeypatch, kwargs) -> None:
+def test_block_top_k_and_full_sort_fallback_paths_match_too(monkeypatch, path, kwargs) -> None:
     # 64 tokens, the 8 live ones scattered over blocks; blocks of 2 make top-k take the block path
     # and 2 top-p candidates make every top-p row fall back to a full sort.
     monkeypatch.setattr(sampler, "TOPK_BLOCK", 2)
@@ -116,7 +131,7 @@ def test_block_top_k_returns_torch_topk_values() -> None:
         assert torch.equal(x.gather(1, ids), vals)
 
 
-def test_top_p_after_top_k_keeps_exactly_the_expected_set() -> None:
+def test_top_p_after_top_k_keeps_exactly_the_expected_set(path) -> None:
     # After top-k=4 the renormalised masses are .5424 .7862 .9668 1: top-p=.9 keeps 3 of them;
     # logprobs list every kept token (and only those: dropped ones have logprob -inf).
     out = sample(torch.tensor([LOGITS]), [SamplingRow(P(top_k=4, top_p=0.9, logprobs=20))])
@@ -195,7 +210,7 @@ def expected_logprobs(processed: torch.Tensor, token: int, n: int) -> tuple[floa
     (dict(adaptive_temperature=True, temperature=0.5),
      torch.tensor(LOGITS) * adaptive_beta(torch.tensor([LOGITS])).item() / 0.5),
 ])
-def test_logprobs_are_log_softmax_of_the_processed_logits(kwargs, processed) -> None:
+def test_logprobs_are_log_softmax_of_the_processed_logits(path, kwargs, processed) -> None:
     for seed in range(5):
         row = SamplingRow(P(logprobs=5, **kwargs), torch.Generator().manual_seed(seed))
         out = sample(torch.tensor([LOGITS]), [row])
@@ -206,12 +221,12 @@ def test_logprobs_are_log_softmax_of_the_processed_logits(kwargs, processed) -> 
         assert [v for _, v in out.logprobs[0].top] == pytest.approx([v for _, v in top], abs=1e-5)
 
 
-def test_rows_without_logprobs_get_none() -> None:
+def test_rows_without_logprobs_get_none(path) -> None:
     out = sample(torch.tensor([LOGITS, LOGITS]), rows_of(P(), P(temperature=0)))
     assert out.logprobs == [None, None]
 
 
-def test_greedy_and_untruncated_rows_never_sort(monkeypatch) -> None:
+def test_greedy_and_untruncated_rows_never_sort(monkeypatch, path) -> None:
     def forbidden(*args, **kwargs):
         raise AssertionError("sorted")
 
@@ -251,7 +266,7 @@ def generate(params: P, position: int, others: list[P], steps: int = 6) -> list[
 
 
 @pytest.mark.parametrize("params", SEEDED, ids=lambda p: f"seed={p.seed}")
-def test_seeded_rows_give_the_same_tokens_alone_or_in_any_batch(monkeypatch, params) -> None:
+def test_seeded_rows_give_the_same_tokens_alone_or_in_any_batch(monkeypatch, path, params) -> None:
     alone = generate(params, 0, [])
     assert len(set(alone)) > 1  # really sampling
     assert generate(params, 0, []) == alone  # whenever it runs
@@ -261,6 +276,6 @@ def test_seeded_rows_give_the_same_tokens_alone_or_in_any_batch(monkeypatch, par
     assert generate(params, 1, OTHERS * 2) == alone
 
 
-def test_rejects_logits_that_do_not_match_the_rows() -> None:
+def test_rejects_logits_that_do_not_match_the_rows(path) -> None:
     with pytest.raises(ValueError, match="logits"):
         sample(torch.zeros(2, 4), rows_of(P()))
