@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_router.py                          # full data, cached embeddings
     .venv/bin/python bench/bench_router.py --limit 600 --queries 50 # a quick smoke run
     .venv/bin/python bench/bench_router.py --cache /tmp/router/emb.sqlite
+    .venv/bin/python bench/bench_router.py --latency-only --busy    # latency only, quiet and busy (~1 min)
 
 One run, same split, same embeddings:
   * quality on a held-out 30% (split by distinct prompt, seed 0; nothing is tuned on it):
@@ -14,6 +15,11 @@ One run, same split, same embeddings:
   * training time on all prompts with cached embeddings.
 Embedding ~10k prompts the first time takes minutes on two cores (then they are cached).
 
+--latency-only skips training and quality: it routes the same short queries with a router file
+(--router, the bundled default router unless given) from one worker thread, as the gateway does,
+next to the reference path (SentenceTransformer.encode + the same flat forest). --busy repeats
+that while another thread keeps torch busy, as an engine decoding on the same two cores would.
+
 NOTE: on a CPU shared with other busy processes the timings swing widely; read them on a quiet
 machine. Targets: APGR >= 0.70, CPT(50%) <= 30%, p50 <= 5 ms, p99 <= 15 ms, training <= 120 s.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +52,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "m
 WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
 RORF = ForestParams(n_estimators=100, max_depth=20, min_samples_leaf=1, max_features=1.0, class_weight=None)
 MMLU_PARAMS = ForestParams()  # our defaults (router/training.py)
+DEFAULT_ROUTER = Path(__file__).resolve().parents[1] / "router" / "default.router"
 
 
 def split_by_prompt(prompts, test_share=0.3, seed=0):
@@ -69,11 +77,17 @@ def main():
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows (smoke runs)")
     ap.add_argument("--queries", type=int, default=300, help="distinct short queries for the latency")
+    ap.add_argument("--latency-only", action="store_true", help="only the routing latency, with --router")
+    ap.add_argument("--router", type=Path, default=DEFAULT_ROUTER, help="router file for --latency-only")
+    ap.add_argument("--busy", action="store_true", help="--latency-only: also measure next to a busy torch thread")
     args = ap.parse_args()
 
     data = load_dataset(args.data).select([WEAK, STRONG])
     if args.limit:
         data = data.subset(np.arange(min(args.limit, len(data))))
+    if args.latency_only:
+        latency_only(args, data)
+        return
     embedder = Embedder(cache=args.cache)
     t = time.perf_counter()
     X = embedder.embed(list(data.prompts))
@@ -108,7 +122,7 @@ def main():
     train_s = time.perf_counter() - t
 
     # latency: distinct short queries (the first words of held-out prompts), after one warm-up
-    queries = list(dict.fromkeys(" ".join(data.prompts[i].split()[:12]) for i in test))[: args.queries]
+    queries = short_queries(data, test, args.queries)
     full_router.warm_up()
     ours_ms = [full_router.route(q).latency_ms for q in queries]
     reference_ms = reference_latency(embedder, rorf, [q + " ?" for q in queries[:50]])
@@ -135,6 +149,83 @@ def main():
            float(np.percentile(reference_ms, 99)), "p99 <= 15 ms", p99 <= 15, "ms")
     record("router", f"training, {len(data)} prompts cached", train_s, "RoRF-style fit (70%)", rorf_fit,
            "<= 120 s", train_s <= 120, "s")
+
+
+def short_queries(data, rows, num_queries):
+    """Distinct short queries: the first 12 words of the given prompts."""
+    return list(dict.fromkeys(" ".join(data.prompts[i].split()[:12]) for i in rows))[:num_queries]
+
+
+class BusyTorch:
+    """A thread doing what a decoding engine does to the CPU: torch products back to back, on
+    torch's own (process-wide) thread count."""
+
+    def __enter__(self):
+        import torch
+
+        self._stop = threading.Event()
+        a, b = torch.randn(64, 1024), torch.randn(1024, 1024)
+
+        def spin():
+            while not self._stop.is_set():
+                a @ b
+
+        self._thread = threading.Thread(target=spin, daemon=True)
+        self._thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def latency_only(args, data):
+    """Routing latency of one short query with a router file, from one worker thread (the gateway's
+    RoutingService), next to ST encode + the same forest in the same run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from router import Router
+
+    router = Router.load(args.router)
+    _, test = split_by_prompt(data.prompts)
+    queries = short_queries(data, test, args.queries)
+    print(f"router {args.router}: {router.forest.num_trees} trees, depth {router.forest.depth}; "
+          f"{len(queries)} distinct short queries")
+    embedder = router.embedder
+    forest = router.forest
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="router") as worker:
+        worker.submit(router.warm_up).result()
+
+        def run(label):
+            ours = [worker.submit(router.route, q).result().latency_ms for q in queries]
+            reference = worker.submit(reference_flat_latency, embedder, forest, [q + " ?" for q in queries[:50]]).result()
+            p50, p99, ref50 = np.percentile(ours, 50), np.percentile(ours, 99), np.percentile(reference, 50)
+            print(f"  {label:<6} ours p50 {p50:6.2f} ms, p99 {p99:6.2f} ms; reference (ST encode + flat forest) "
+                  f"p50 {ref50:6.2f} ms, p99 {np.percentile(reference, 99):6.2f} ms -> {ref50 / p50:.1f}x faster")
+            return p50, p99, reference
+
+        p50, p99, reference = run("quiet")
+        if args.busy:
+            with BusyTorch():
+                run("busy")
+    print("\ntargets (quiet)")
+    ratio_line("latency p50", p50, 5, " ms")
+    ratio_line("latency p99", p99, 15, " ms")
+    record("router", "route one short query p50", float(p50), "ST encode + flat forest",
+           float(np.percentile(reference, 50)), "p50 <= 5 ms", p50 <= 5, "ms")
+    record("router", "route one short query p99", float(p99), "ST encode + flat forest",
+           float(np.percentile(reference, 99)), "p99 <= 15 ms", p99 <= 15, "ms")
+
+
+def reference_flat_latency(embedder, forest, queries):
+    """SentenceTransformer.encode then the router's own flat forest: the embedding path alone."""
+    out = []
+    for q in queries:
+        t = time.perf_counter()
+        forest.predict_one(embedder._st.encode([q])[0])
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
 
 
 def reference_latency(embedder, sk_forest, queries):
