@@ -69,44 +69,40 @@ class Embedder:
             backend.enable_truncation(self._st.max_seq_length)
             backend.no_padding()
         self.cache = EmbeddingCache(cache) if isinstance(cache, (str, Path)) else cache
-        self._numpy_encoder = self._numpy_path()
+        self._one_thread, self._encoder = self._single_query_path()
 
-    def _numpy_path(self):
-        """The numpy encoder when the pipeline is BERT -> mean pooling -> normalize (MiniLM's),
-        else None (the torch modules serve single queries too)."""
-        from threadpoolctl import ThreadpoolController
+    def _single_query_path(self):
+        """(one-thread guard, encoder): the lean torch encoder when the pipeline is BERT -> mean
+        pooling -> normalize (MiniLM's), else None (the model's own modules serve single queries)."""
+        from router.minilm_torch import OneThread, TorchBertEncoder
 
-        from router.minilm_numpy import NumpyBertEncoder
-
+        one_thread = OneThread()
         kinds = [type(m).__name__ for m in self._st]
         pooling = self._st[1] if len(self._st) > 1 else None
         model_type = getattr(getattr(self._st[0], "auto_model", None), "config", None)
         if (kinds != ["Transformer", "Pooling", "Normalize"] or self._fast_tokenizer is None
                 or getattr(pooling, "pooling_mode", "mean") != "mean" or getattr(model_type, "model_type", "") != "bert"):
-            return None
+            return one_thread, None
         try:
-            encoder = NumpyBertEncoder(self._st[0].auto_model)
+            return one_thread, TorchBertEncoder(self._st[0].auto_model)
         except ValueError:
-            return None
-        self._blas = ThreadpoolController()
-        return encoder
+            return one_thread, None
 
     def embed_one(self, text: str) -> np.ndarray:
-        """One text, through the model's modules directly (no batching, sorting or progress code)."""
+        """One text, on one thread, through the model's modules directly (no batching, sorting or
+        progress code)."""
         if self._fast_tokenizer is None:
             return self.embed([text])[0]
         enc = self._fast_tokenizer.encode(text)
-        if self._numpy_encoder is not None:
-            # NOTE: one BLAS thread: a dozen tokens gain nothing from more, and on a busy CPU a
-            # multi-threaded product waits for descheduled workers (10x slower measured here).
-            with self._blas.limit(limits=1, user_api="blas"):
-                return self._numpy_encoder.encode(enc.ids)
-        torch = self._torch
-        features = {"input_ids": torch.tensor([enc.ids]), "attention_mask": torch.tensor([enc.attention_mask]),
-                    "token_type_ids": torch.tensor([enc.type_ids])}
-        with torch.inference_mode():
-            out = self._st.forward(features)["sentence_embedding"][0]
-        return out.numpy().astype(np.float32, copy=False)
+        with self._one_thread():
+            if self._encoder is not None:
+                return self._encoder.encode(enc.ids)
+            torch = self._torch
+            features = {"input_ids": torch.tensor([enc.ids]), "attention_mask": torch.tensor([enc.attention_mask]),
+                        "token_type_ids": torch.tensor([enc.type_ids])}
+            with torch.inference_mode():
+                out = self._st.forward(features)["sentence_embedding"][0]
+            return out.numpy().astype(np.float32, copy=False)
 
     def embed(self, texts: Sequence[str], batch_size: int = 64,
               progress: Callable[[int], None] | None = None) -> np.ndarray:

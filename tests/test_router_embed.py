@@ -4,6 +4,7 @@ evaluate, calibrate) on a small sample of RouteLLM's MMLU, the Python API, the d
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,35 @@ def test_single_query_path_equals_the_batched_pipeline(embedder):
     for text, row in zip(texts, batched):
         np.testing.assert_allclose(embedder.embed_one(text), row, atol=1e-5)
     assert embedder.id.startswith("sentence-transformers/all-MiniLM-L6-v2@")
+
+
+def test_single_query_path_runs_on_one_thread_of_the_calling_thread_only(embedder):
+    import torch
+
+    from router.minilm_torch import OneThread
+
+    one_thread = OneThread()
+    process_wide = torch.get_num_threads()
+    seen = {}
+
+    def worker():  # the gateway routes from a worker thread while engines run torch elsewhere
+        before = torch.get_num_threads()
+        with one_thread():
+            seen["inside"] = torch.get_num_threads()
+        seen["after"] = torch.get_num_threads() == before
+        seen["embedding"] = embedder.embed_one("What is the capital of France?")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["inside"] == 1 and seen["after"]
+    assert torch.get_num_threads() == process_wide  # other threads keep their count
+    np.testing.assert_allclose(seen["embedding"], embedder.embed(["What is the capital of France?"])[0], atol=1e-5)
+
+
+def test_single_query_encoder_refuses_more_ids_than_positions(embedder):
+    with pytest.raises(ValueError, match="1 to 512 token ids"):
+        embedder._encoder.encode([101] * 513)
 
 
 def test_cache_is_keyed_by_model_and_text(embedder, tmp_path):
