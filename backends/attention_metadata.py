@@ -25,11 +25,18 @@ class AttentionMetadata:
     positions: torch.Tensor  # [T] int64: each new token's position in its sequence
     write_blocks: torch.Tensor  # [T] int64: the block each new token's K/V is written to
     write_offsets: torch.Tensor  # [T] int64: its slot inside that block
-    read_blocks: tuple[torch.Tensor, ...]  # per sequence [context_len]: block of each position
-    read_offsets: tuple[torch.Tensor, ...]  # per sequence [context_len]: slot of each position
     block_size: int  # tokens per KV block
     # Decode-only steps: padded [B, max_context] gather indices and masks, built on first use.
     _padded: dict = field(default_factory=dict, compare=False, repr=False)
+    # Per-step values the layers share (RoPE tables, page lists), built by the first layer.
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def memo(self, key, build):
+        """build() once per step for `key`; every later layer gets the same object."""
+        value = self._memo.get(key)
+        if value is None:
+            value = self._memo[key] = build()
+        return value
 
     @property
     def num_seqs(self) -> int:
@@ -45,35 +52,49 @@ class AttentionMetadata:
               block_size: int) -> "AttentionMetadata":
         """Derive positions and K/V indices from per-sequence counts and block tables."""
         starts = [0]
-        positions, read_blocks, read_offsets = [], [], []
+        positions: list[int] = []
+        write_blocks: list[int] = []
         for n, ctx, table in zip(num_new, context_lens, block_tables):
             if n <= 0 or n > ctx:
                 raise ValueError(f"need 0 < new tokens ({n}) <= context length ({ctx})")
             if len(table) * block_size < ctx:
                 raise ValueError(f"block table of {len(table)} blocks cannot hold {ctx} tokens")
             starts.append(starts[-1] + n)
-            pos = torch.arange(ctx)
-            blocks = torch.tensor(table[:-(-ctx // block_size)], dtype=torch.int64)
-            read_blocks.append(blocks.repeat_interleave(block_size)[:ctx])
-            read_offsets.append(pos % block_size)
-            positions.append(pos[ctx - n:])
-        write_blocks = torch.cat([b[-n:] for b, n in zip(read_blocks, num_new)])
-        write_offsets = torch.cat([o[-n:] for o, n in zip(read_offsets, num_new)])
+            new_positions = range(ctx - n, ctx)
+            positions.extend(new_positions)
+            write_blocks.extend(table[p // block_size] for p in new_positions)
+        positions_t = torch.tensor(positions, dtype=torch.int64)
         return cls(
             query_starts=tuple(starts),
             context_lens=tuple(context_lens),
             block_tables=tuple(tuple(t) for t in block_tables),
-            positions=torch.cat(positions),
-            write_blocks=write_blocks,
-            write_offsets=write_offsets,
-            read_blocks=tuple(read_blocks),
-            read_offsets=tuple(read_offsets),
+            positions=positions_t,
+            write_blocks=torch.tensor(write_blocks, dtype=torch.int64),
+            write_offsets=positions_t % block_size,
             block_size=block_size,
         )
 
+    def read_pages(self, i: int, first: int) -> tuple[torch.Tensor, int]:
+        """(blocks, skip) holding sequence i's positions [first, context_len): gathering these
+        whole blocks and dropping the first `skip` slots leaves exactly those positions.
+
+        Gathering whole pages with one index_select is cheaper than a per-position gather."""
+        start = first // self.block_size
+        return self.table(i)[start:], first - start * self.block_size
+
+    def table(self, i: int) -> torch.Tensor:
+        """Sequence i's blocks up to the one holding its last token, as a tensor."""
+        ctx = self.context_lens[i]
+        return self.memo(("table", i), lambda: torch.tensor(
+            self.block_tables[i][: -(-ctx // self.block_size)], dtype=torch.int64))
+
     def padded_decode(self, sliding_window: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(blocks [B, L], offsets [B, L], mask [B, 1, 1, L]) for one padded SDPA over all
-        sequences, keeping only the keys each one attends to (the last `sliding_window`)."""
+        sequences, keeping only the keys each one attends to (the last `sliding_window`).
+
+        Padding reads the sequence's first attended key: a written slot. Unwritten slots may hold
+        any bytes (pages are recycled across engines and dtypes), even NaN, which a mask would
+        not stop (NaN * 0 is NaN), so they are never read."""
         if sliding_window not in self._padded:
             lens = torch.tensor(self.context_lens, dtype=torch.int64)
             first = lens - sliding_window if sliding_window else torch.zeros_like(lens)
@@ -81,8 +102,8 @@ class AttentionMetadata:
             width = int((lens - first).max())
             idx = first.unsqueeze(1) + torch.arange(width).unsqueeze(0)  # [B, L] positions
             mask = idx < lens.unsqueeze(1)
-            idx = torch.where(mask, idx, torch.zeros_like(idx))  # padding reads position 0
-            blocks = torch.stack([rb[i] for rb, i in zip(self.read_blocks, idx)])
+            idx = torch.where(mask, idx, first.unsqueeze(1))
+            blocks = torch.stack([self.table(i)[row // self.block_size] for i, row in enumerate(idx)])
             offsets = idx % self.block_size
             self._padded[sliding_window] = (blocks, offsets, mask[:, None, None, :])
         return self._padded[sliding_window]

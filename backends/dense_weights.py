@@ -56,6 +56,18 @@ class DenseWeights:
             bias = self.checkpoint.dense(name + ".bias").to(self.dtype)
         return DenseLinear(self._matrix(name + ".weight"), bias)
 
+    def linears(self, names: list[str]) -> nn.Module:
+        """One DenseLinear over the named matrices stacked by rows (outputs side by side); the
+        parts are not kept separately, so this costs no extra weight memory."""
+        weights = [self.checkpoint.dense(n + ".weight").to(self.dtype) for n in names]
+        biases = [self.checkpoint.dense(n + ".bias").to(self.dtype) if self.checkpoint.has(n + ".bias") else None
+                  for n in names]
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat([b if b is not None else torch.zeros(w.shape[0], dtype=self.dtype)
+                              for w, b in zip(weights, biases)])
+        return DenseLinear(torch.cat(weights).contiguous(), bias)
+
     def embedding(self, name: str) -> nn.Module:
         return DenseEmbedding(self._matrix(name + ".weight"))
 

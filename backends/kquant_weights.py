@@ -17,7 +17,8 @@ from torch import nn
 
 from backends.checkpoint import GGUFCheckpoint
 from backends.dense_weights import DTYPES, DenseEmbedding, DenseLinear
-from backends.quantization.quantized_linear import BlockMatrix, QuantizedEmbedding, QuantizedLinear
+from backends.quantization.quantized_linear import (BlockMatrix, QuantizedEmbedding, QuantizedLinear,
+                                                   StackedBlockMatrices)
 
 _DENSE_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
@@ -60,6 +61,19 @@ class KQuantWeights:
             return DenseLinear(matrix.to(self.dtype), None if bias is None else bias.to(self.dtype))
         return QuantizedLinear(matrix, bias)
 
+    def linears(self, names: list[str]) -> nn.Module:
+        """The named projections as one module with their outputs side by side: one kernel call
+        over the stacked block matrices when all are quantized, else each part on its own."""
+        matrices = [self._matrix(n + ".weight") for n in names]
+        if all(isinstance(m, BlockMatrix) for m in matrices) and len({m.cols for m in matrices}) == 1:
+            biases = [self.checkpoint.dense(n + ".bias") if self.checkpoint.has(n + ".bias") else None for n in names]
+            bias = None
+            if any(b is not None for b in biases):
+                bias = torch.cat([b.float() if b is not None else torch.zeros(m.rows)
+                                  for m, b in zip(matrices, biases)])
+            return QuantizedLinear(StackedBlockMatrices(matrices), bias)
+        return ConcatLinear([self.linear(n) for n in names])
+
     def embedding(self, name: str) -> nn.Module:
         matrix = self._matrix(name + ".weight")
         if isinstance(matrix, torch.Tensor):
@@ -68,3 +82,14 @@ class KQuantWeights:
 
     def vector(self, name: str) -> torch.Tensor:
         return self.checkpoint.dense(name + ".weight")
+
+
+class ConcatLinear(nn.Module):
+    """Several projections of the same input, outputs side by side (mixed dense and quantized)."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)

@@ -37,9 +37,9 @@ def _attend_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     n, context_len = q.shape[0], meta.context_lens[i]
     # Keys older than the window of the chunk's first query are never attended to.
     first = 0 if sliding_window is None else max(0, context_len - n - sliding_window + 1)
-    blocks, offsets = meta.read_blocks[i][first:], meta.read_offsets[i][first:]
-    keys = k_cache[blocks, offsets].transpose(0, 1).unsqueeze(0)  # [1, kv_heads, keys, d]
-    values = v_cache[blocks, offsets].transpose(0, 1).unsqueeze(0)
+    blocks, skip = meta.read_pages(i, first)
+    keys = _gather(k_cache, blocks)[skip:context_len - first + skip].transpose(0, 1).unsqueeze(0)  # [1, kv_heads, keys, d]
+    values = _gather(v_cache, blocks)[skip:context_len - first + skip].transpose(0, 1).unsqueeze(0)
     query = q.transpose(0, 1).unsqueeze(0).to(keys.dtype)  # [1, heads, n, d]
     num_keys = context_len - first
     if n == 1:
@@ -67,3 +67,8 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale,
                                          enable_gqa=True)
     return out.squeeze(2).to(q.dtype)
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Whole pages [n] of one layer's cache -> [n * block_size, kv_heads, d] (one copy)."""
+    return cache.index_select(0, blocks).flatten(0, 1)

@@ -16,9 +16,8 @@ class Attention(nn.Module):
                  rope: RotaryEmbedding, qk_norm: bool, sliding_window: int | None) -> None:
         super().__init__()
         prefix = f"blk.{layer_index}."
-        self.q_proj = weights.linear(prefix + "attn_q")
-        self.k_proj = weights.linear(prefix + "attn_k")
-        self.v_proj = weights.linear(prefix + "attn_v")
+        # Q, K and V in one projection: one weight pass per token instead of three calls.
+        self.qkv_proj = weights.linears([prefix + "attn_q", prefix + "attn_k", prefix + "attn_v"])
         self.o_proj = weights.linear(prefix + "attn_output")
         self.q_norm = RMSNorm(weights.vector(prefix + "attn_q_norm"), config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(weights.vector(prefix + "attn_k_norm"), config.rms_norm_eps) if qk_norm else None
@@ -32,12 +31,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, meta: AttentionMetadata,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x).view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        q = qkv[:, : self.num_heads]
+        k = qkv[:, self.num_heads: self.num_heads + self.num_kv_heads]
+        v = qkv[:, self.num_heads + self.num_kv_heads:]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = self.rope(q, meta.positions)
-        k = self.rope(k, meta.positions)
+        tables = meta.memo((id(self.rope), x.dtype), lambda: self.rope.tables(meta.positions, x.dtype))
+        q = self.rope(q, meta.positions, tables)
+        k = self.rope(k, meta.positions, tables)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))

@@ -106,8 +106,8 @@ class Gemma3Layer(nn.Module):
         self.attn = Attention(config, i, weights, rope, qk_norm=True, sliding_window=sliding_window)
         self.post_attn_norm = RMSNorm(weights.vector(p + "post_attention_norm"), eps)
         self.ffn_norm = RMSNorm(weights.vector(p + "ffn_norm"), eps)
-        self.mlp = GatedMLP(weights.linear(p + "ffn_gate"), weights.linear(p + "ffn_up"),
-                            weights.linear(p + "ffn_down"), gelu_tanh)
+        self.mlp = GatedMLP(weights.linears([p + "ffn_gate", p + "ffn_up"]), weights.linear(p + "ffn_down"),
+                            config.intermediate_size, gelu_tanh)
         self.post_ffn_norm = RMSNorm(weights.vector(p + "post_ffw_norm"), eps)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache) -> torch.Tensor:

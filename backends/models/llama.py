@@ -105,8 +105,8 @@ class LlamaLayer(nn.Module):
         self.attn_norm = RMSNorm(weights.vector(f"blk.{i}.attn_norm"), eps)
         self.attn = Attention(config, i, weights, rope, qk_norm=False, sliding_window=None)
         self.ffn_norm = RMSNorm(weights.vector(f"blk.{i}.ffn_norm"), eps)
-        self.mlp = GatedMLP(weights.linear(f"blk.{i}.ffn_gate"), weights.linear(f"blk.{i}.ffn_up"),
-                            weights.linear(f"blk.{i}.ffn_down"), F.silu)
+        self.mlp = GatedMLP(weights.linears([f"blk.{i}.ffn_gate", f"blk.{i}.ffn_up"]),
+                            weights.linear(f"blk.{i}.ffn_down"), config.intermediate_size, F.silu)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), meta, kv_cache)

@@ -106,6 +106,13 @@ def qmatmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: 
     return (_module or _require()).qmatmul(x, blocks, int(ggml_type), in_features)
 
 
+def qmatmul_stacked(x: torch.Tensor, blocks: list[torch.Tensor], ggml_types: list[int],
+                    in_features: int) -> torch.Tensor:
+    """x float32 [T, in] times several block-format matrices [out_i, in]^T, one call ->
+    float32 [T, sum out_i] (each part's columns side by side, bit-identical to qmatmul)."""
+    return (_module or _require()).qmatmul_stacked(x, blocks, [int(t) for t in ggml_types], in_features)
+
+
 def dequantize(blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
     """Block bytes [rows, row_bytes] -> float32 [rows, in], bit-identical to dequantize()."""
     return (_module or _require()).dequantize(blocks, int(ggml_type), in_features)

@@ -64,6 +64,38 @@ torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, 
   return y;
 }
 
+// Several matrices sharing K, one output [T, sum N_i]: one parallel region (one wake-up of the
+// thread pool) for Q, K and V instead of three. Each output element is the same row-times-x
+// loop as qmatmul, so results are bit-identical to separate calls.
+torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
+                              std::vector<int64_t> ggml_types, int64_t K) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
+  TORCH_CHECK(!parts.empty() && parts.size() == ggml_types.size(), "one GGML type per part");
+  x = x.contiguous();
+  const int64_t T = x.size(0), P = static_cast<int64_t>(parts.size());
+  std::vector<int64_t> first(P + 1, 0);  // first output column of each part
+  for (int64_t p = 0; p < P; ++p) {
+    with_format(ggml_types[p], [&]<Decoder DECODE, int BS, int TS>() { check_blocks(parts[p], BS, TS, K); });
+    first[p + 1] = first[p] + parts[p].size(0);
+  }
+  const int64_t N = first[P];
+  auto y = torch::empty({T, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / K);
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t lo = std::max(n0, first[p]), hi = std::min(n1, first[p + 1]);
+      if (lo >= hi) continue;
+      const uint8_t* wp = parts[p].data_ptr<uint8_t>();
+      with_format(ggml_types[p], [&]<Decoder DECODE, int BS, int TS>() {
+        rg::rows_times_x<DECODE, BS, TS>(xp, T, K, wp, yp + first[p], N, lo - first[p], hi - first[p]);
+      });
+    }
+  });
+  return y;
+}
+
 torch::Tensor dequantize(torch::Tensor blocks, int64_t ggml_type, int64_t K) {
   const int64_t N = blocks.size(0);
   auto out = torch::empty({N, K}, torch::dtype(torch::kFloat32));
@@ -84,5 +116,6 @@ torch::Tensor dequantize(torch::Tensor blocks, int64_t ggml_type, int64_t K) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qmatmul", &qmatmul, "x [T, K] @ dequantize(blocks)^T from GGML block bytes");
+  m.def("qmatmul_stacked", &qmatmul_stacked, "x [T, K] @ [W_1; W_2; ...]^T, one output [T, sum N_i]");
   m.def("dequantize", &dequantize, "GGML block bytes [N, row_bytes] -> float32 [N, K]");
 }

@@ -62,6 +62,11 @@ class BlockMatrix:
         self.rows, self.cols = rows, cols
         self.use_kernel = ggml_type in kernel_cpu.KERNEL_FORMATS and kernel_cpu.available()
 
+    @property
+    def parts(self) -> list["BlockMatrix"]:
+        """The block matrices holding this one's weights (itself; see StackedBlockMatrices)."""
+        return [self]
+
     def decode(self, blocks: torch.Tensor) -> torch.Tensor:
         """Some rows' blocks -> float32 [n, cols], bit-identical to dequantize()."""
         if self.use_kernel:
@@ -80,16 +85,47 @@ class BlockMatrix:
         if tile >= self.rows:
             return F.linear(x, self.decode(self.blocks))
         out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
+        self.times_into(x, out, 0)
+        return out
+
+    def times_into(self, x: torch.Tensor, out: torch.Tensor, column: int) -> None:
+        """out[:, column:column + rows] = x @ W^T, decoding the weight tile by tile."""
+        tile = max(1, TILE_BYTES // (4 * self.cols))
         for start in range(0, self.rows, tile):
             stop = min(start + tile, self.rows)
-            out[:, start:stop] = F.linear(x, self.decode(self.blocks[start:stop]))
+            out[:, column + start:column + stop] = F.linear(x, self.decode(self.blocks[start:stop]))
+
+
+class StackedBlockMatrices:
+    """Several block matrices with the same number of columns, multiplied as one [sum rows, cols]
+    matrix (Q, K and V; gate and up) without copying their blocks: the weights stay the file's
+    bytes, each part keeps its own format (Q4_K_M mixes Q4_K and Q6_K within a layer)."""
+
+    def __init__(self, parts: list[BlockMatrix]) -> None:
+        if not parts or len({p.cols for p in parts}) != 1:
+            raise ValueError("stacked block matrices need at least one part and equal column counts")
+        self.parts = parts
+        self.rows, self.cols = sum(p.rows for p in parts), parts[0].cols
+        self.ggml_type = parts[0].ggml_type if len({p.ggml_type for p in parts}) == 1 else None
+        self.use_kernel = all(p.use_kernel for p in parts)
+
+    def times(self, x: torch.Tensor) -> torch.Tensor:
+        """x float32 [T, cols] @ [W_1; W_2; ...]^T -> float32 [T, rows] (parts' outputs side by side)."""
+        if self.use_kernel and x.shape[0] <= KERNEL_MAX_TOKENS:
+            return kernel_cpu.qmatmul_stacked(x, [p.blocks for p in self.parts],
+                                              [p.ggml_type for p in self.parts], self.cols)
+        out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
+        column = 0
+        for part in self.parts:
+            part.times_into(x, out, column)
+            column += part.rows
         return out
 
 
 class QuantizedLinear(nn.Module):
     """y = x W^T (+ b) with W in block format; computes in float32, returns x's dtype."""
 
-    def __init__(self, matrix: BlockMatrix, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, matrix: BlockMatrix | StackedBlockMatrices, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.matrix = matrix
         self.in_features, self.out_features = matrix.cols, matrix.rows
@@ -104,7 +140,8 @@ class QuantizedLinear(nn.Module):
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.matrix.ggml_type.name}, in={self.in_features}, out={self.out_features}"
+        kind = self.matrix.ggml_type.name if self.matrix.ggml_type is not None else "mixed"
+        return f"{kind}, in={self.in_features}, out={self.out_features}"
 
 
 class QuantizedEmbedding(nn.Module):
