@@ -14,20 +14,24 @@
 //              NUM_BINS bins (monotone in x, so each bin is a contiguous run of the descending
 //              order) whose crossing bins alone are listed and sorted.
 // The rules are the sampler's (its module docstring); the arithmetic is not torch's: weights use
-// exp_f below (within ~2 ulp of torch.exp) and sums are in double, in another order. So a token
-// can differ from the torch path's only when u, p or min_p sits within float rounding of a
-// boundary of the kept set or of a CDF interval. Ties are broken by the lower token id.
+// exp_f below (within 1 ulp of the correctly rounded e^d, as torch.exp is) and sums are in double,
+// in another order. So a token can differ from the torch path's only when u, p or min_p sits
+// within float rounding of a boundary of the kept set or of a CDF interval. Ties at a cut keep the
+// lower token ids.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -38,8 +42,9 @@ constexpr int NUM_BINS = 4096;        // histogram bins of d = (x - max) * scale
 constexpr float BIN_RANGE = 64.0f;    // ... over [-64, 0] nats; everything below shares the last
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 
-// e^d for float32 (Cephes expf). Explicit fma and -ffp-contract=off make the vectorized and the
-// scalar instances bit-identical, so a weight recomputed later equals the one summed before.
+// e^d for float32 (Cephes expf). exp16 below does the same operations in the same order (explicit
+// fma; -ffp-contract=off fuses nothing else), so a weight recomputed by scalar code later equals
+// bit for bit the one a vector loop summed before.
 inline float exp_f(float d) {
   float e = d < -104.0f ? -104.0f : d;  // e^-104 rounds to 0 below; also maps -inf to 0
   e = e > 88.0f ? 88.0f : e;
@@ -53,10 +58,44 @@ inline float exp_f(float d) {
   p = std::fma(p, r, 1.6666665459e-1f);
   p = std::fma(p, r, 5.0000001201e-1f);
   const float y = std::fma(p, r * r, r) + 1.0f;
-  const int ni = static_cast<int>(n);
-  const int n1 = ni / 2, n2 = ni - n1;  // 2^n in two halves: results down to 2^-149 stay exact
-  return y * std::bit_cast<float>((n1 + 127) << 23) * std::bit_cast<float>((n2 + 127) << 23);
+#if defined(__AVX512F__)
+  return _mm_cvtss_f32(_mm_scalef_ss(_mm_set_ss(y), _mm_set_ss(n)));  // exactly exp16's y * 2^n
+#else
+  return std::ldexp(y, static_cast<int>(n));  // y * 2^n rounded once, subnormal results included
+#endif
 }
+
+#if defined(__AVX512F__)
+inline __m512 exp16(__m512 d) {
+  __m512 e = _mm512_max_ps(d, _mm512_set1_ps(-104.0f));
+  e = _mm512_min_ps(e, _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(e, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), e);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+#endif
+
+// The next row of this thread, pulled into L2 a line per 16 tokens while a compute pass runs over
+// the current (L2-resident) row, so its first read does not wait for memory.
+struct Ahead {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  void step() {
+#if defined(__AVX512F__)
+    if (p < end) _mm_prefetch(p, _MM_HINT_T1), p += 64;
+#endif
+  }
+};
+thread_local Ahead ahead;
 
 struct Item {
   float x;
@@ -81,6 +120,13 @@ float block_maxima(const float* x, int64_t V, float* bmax) {
     const float* p = x + b * BLOCK;
     const int64_t len = std::min(BLOCK, V - b * BLOCK);
     float mx = NEG_INF;
+#if defined(__AVX512F__)
+    if (len == BLOCK) {
+      const __m512 a = _mm512_max_ps(_mm512_max_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)),
+                                     _mm512_max_ps(_mm512_loadu_ps(p + 32), _mm512_loadu_ps(p + 48)));
+      mx = _mm512_reduce_max_ps(a);
+    } else
+#endif
     if (len == BLOCK) {
       float acc[LANES];
       for (int l = 0; l < LANES; ++l) acc[l] = p[l];
@@ -131,6 +177,17 @@ double entropy(const float* x, int64_t V, float m) {
     const int64_t len = std::min(CDF_BLOCK, V - j0);
     float a[LANES] = {}, b[LANES] = {};
     int64_t j = 0;
+#if defined(__AVX512F__)
+    __m512 va = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
+    for (; j + LANES <= len; j += LANES) {
+      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + j0 + j), _mm512_set1_ps(m)), e = exp16(d);
+      va = _mm512_add_ps(va, e);
+      ahead.step();
+      vb = _mm512_add_ps(vb, _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(e, _mm512_setzero_ps(), _CMP_GT_OQ), e, d));
+    }
+    _mm512_storeu_ps(a, va);
+    _mm512_storeu_ps(b, vb);
+#endif
     for (; j + LANES <= len; j += LANES)
       for (int l = 0; l < LANES; ++l) {
         const float d = x[j0 + j + l] - m, e = exp_f(d);
@@ -155,6 +212,16 @@ double weight_sum(const RowMath& rm, float min_p, double* sums) {
     const float* p = rm.x + j0;
     float a[LANES] = {};
     int64_t j = 0;
+#if defined(__AVX512F__)
+    const __m512 vm = _mm512_set1_ps(rm.m), vs = _mm512_set1_ps(rm.s), vmin = _mm512_set1_ps(min_p);
+    __m512 va = _mm512_setzero_ps();
+    for (; j + LANES <= len; j += LANES) {
+      const __m512 w = exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p + j), vm), vs));
+      va = _mm512_add_ps(va, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(w, vmin, _CMP_GE_OQ), w));
+      ahead.step();
+    }
+    _mm512_storeu_ps(a, va);
+#endif
     for (; j + LANES <= len; j += LANES)
       for (int l = 0; l < LANES; ++l) {
         const float w = rm.w(p[j + l]);
@@ -260,9 +327,21 @@ struct Scratch {
 };
 
 inline int bin_of(float d) {
-  const float b = -d * (NUM_BINS / BIN_RANGE);
+  const float b = (0.0f - d) * (NUM_BINS / BIN_RANGE);
   return b < NUM_BINS - 1 ? static_cast<int>(b) : NUM_BINS - 1;  // -inf and NaN: the last bin
 }
+
+#if defined(__AVX512F__)
+inline __m512 rm_d16(const RowMath& rm, int64_t j) {  // rm.d of 16 tokens from j
+  return _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(rm.x + j), _mm512_set1_ps(rm.m)), _mm512_set1_ps(rm.s));
+}
+
+inline __m512i bins16(__m512 d) {  // bin_of, 16 at a time
+  const __m512 b = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), d), _mm512_set1_ps(NUM_BINS / BIN_RANGE));
+  const __mmask16 in = _mm512_cmp_ps_mask(b, _mm512_set1_ps(NUM_BINS - 1), _CMP_LT_OQ);
+  return _mm512_mask_cvttps_epi32(_mm512_set1_epi32(NUM_BINS - 1), in, b);
+}
+#endif
 
 // The listed top ranks, for logprobs: (id, d - log_z) while keep(item) holds.
 template <typename Keep>
@@ -311,7 +390,24 @@ bool histogram_row(const RowMath& rm, int64_t k, double top_p, float min_p, doub
   mass.assign(NUM_BINS, 0.0);
   int64_t n_minp = 0;
   double z = 0.0;
-  for (int64_t j = 0; j < rm.V; ++j) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  int32_t bins[LANES];
+  float ws[LANES];
+  for (; j + LANES <= rm.V; j += LANES) {
+    const __m512 d = rm_d16(rm, j), w = exp16(d);
+    _mm512_storeu_si512(bins, bins16(d));
+    _mm512_storeu_ps(ws, w);
+    for (int l = 0; l < LANES; ++l) {
+      cnt[bins[l]] += 1;
+      mass[bins[l]] += ws[l];
+    }
+    z += _mm512_reduce_add_ps(w);
+    ahead.step();
+    n_minp += __builtin_popcount(_mm512_cmp_ps_mask(w, _mm512_set1_ps(min_p), _CMP_GE_OQ));
+  }
+#endif
+  for (; j < rm.V; ++j) {
     const float d = rm.d(rm.x[j]), w = exp_f(d);
     const int b = bin_of(d);
     cnt[b] += 1;
@@ -328,7 +424,15 @@ bool histogram_row(const RowMath& rm, int64_t k, double top_p, float min_p, doub
   }
   sg.build = [&rm](int64_t b, std::vector<Item>& items) {
     items.clear();
-    for (int64_t j = 0; j < rm.V; ++j)
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + LANES <= rm.V; j += LANES)
+      for (uint32_t hit = _mm512_cmpeq_epi32_mask(bins16(rm_d16(rm, j)), _mm512_set1_epi32(b)); hit; hit &= hit - 1) {
+        const int64_t i = j + __builtin_ctz(hit);
+        items.push_back({rm.x[i], static_cast<int32_t>(i)});
+      }
+#endif
+    for (; j < rm.V; ++j)
       if (bin_of(rm.d(rm.x[j])) == b) items.push_back({rm.x[j], static_cast<int32_t>(j)});
     std::sort(items.begin(), items.end(), before);
     return true;
@@ -424,6 +528,8 @@ std::vector<torch::Tensor> sample_rows(torch::Tensor logits, torch::Tensor fpara
     sc.bmax.resize((V + BLOCK - 1) / BLOCK);
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = xp + r * V;
+      ahead.p = r + 1 < r1 ? reinterpret_cast<const char*>(x + V) : nullptr;
+      ahead.end = ahead.p ? ahead.p + V * sizeof(float) : nullptr;
       const double inv_temp = fp[r * 4], top_p = fp[r * 4 + 1], u = fp[r * 4 + 3];
       const float min_p = static_cast<float>(fp[r * 4 + 2]);
       const bool greedy = ip[r * 4] & 1, adaptive = ip[r * 4] & 2;
