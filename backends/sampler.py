@@ -7,11 +7,14 @@ Order (backends/sampling_params.py): logit_bias, penalties, min_tokens masking; 
 the argmax there and never sort; then adaptive temperature, temperature, top-k, top-p on what
 remains, min-p.
 
-Cost: a row with neither top-k nor top-p is never sorted: a few in-place elementwise passes, then a
-two-level inverse CDF (block sums, then one block). A top-k row searches only the k blocks with the
-largest maxima (_topk). A top-p-only row first takes the top TOP_P_CANDIDATES tokens; only if their
-mass is short of p is the whole row sorted. Which path a row takes depends on its own parameters
-and logits only, never on the rest of the batch. Rows are processed in chunks of like rows.
+Cost, torch path: a row with neither top-k nor top-p is never sorted: a few in-place elementwise
+passes, then a two-level inverse CDF (block sums, then one block). A top-k row searches only the k
+blocks with the largest maxima (_topk). A top-p-only row first takes the top TOP_P_CANDIDATES
+tokens; only if their mass is short of p is the whole row sorted. Rows are processed in chunks of
+like rows. Compiled kernel: each row is read from memory once and its later passes run while it
+sits in L2; no row is ever sorted whole (a nucleus past the candidates is cut through a histogram,
+whose crossing bins alone are sorted). Which path a row takes depends on its own parameters and
+logits only, never on the rest of the batch.
 
 Ties: top-k keeps exactly k tokens and top-p the shortest prefix of the descending order; among
 tokens tied at the cut, which are kept is deterministic for a given row but unspecified.

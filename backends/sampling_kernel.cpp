@@ -487,6 +487,7 @@ void untruncated_row(const RowMath& rm, float min_p, double u, int64_t num_logpr
     for (int64_t j = rm.V - 1; j >= 0 && token < 0; --j)
       if (rm.w(rm.x[j]) >= min_p && rm.w(rm.x[j]) > 0.0f) token = j;
   }
+  if (token < 0) token = first_max(rm.x, rm.V, sc.bmax.data(), rm.m);  // no positive weight (NaN logits)
   const double log_z = std::log(total);
   o.token = token;
   o.logprob = static_cast<double>(rm.d(rm.x[token])) - log_z;
