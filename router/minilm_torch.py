@@ -13,6 +13,7 @@ setting, so the engines' threads and torch's process-wide count are left as they
 from __future__ import annotations
 
 import ctypes
+import math
 from contextlib import contextmanager
 
 import numpy as np
@@ -53,6 +54,7 @@ class TorchBertEncoder:
     def __init__(self, bert):
         import torch
 
+        F = torch.nn.functional
         cfg = bert.config
         if getattr(cfg, "hidden_act", "gelu") != "gelu" or getattr(cfg, "position_embedding_type", "absolute") != "absolute":
             raise ValueError("TorchBertEncoder supports BERT with erf GELU and absolute positions only")
@@ -79,6 +81,13 @@ class TorchBertEncoder:
                 sd[p + "output.dense.weight"], sd[p + "output.dense.bias"],
                 (sd[p + "output.LayerNorm.weight"], sd[p + "output.LayerNorm.bias"]),
             ))
+        self._linear = F.linear
+        packed = _packed_linear(torch, self.layers[0][0], self.layers[0][1])
+        if packed is not None:
+            # NOTE: weights reordered once into oneDNN's blocked layout are streamed ~7% faster
+            # than MKL packs them on every call (measured on this 2-core box, 16 tokens).
+            self._linear, pack = packed
+            self.layers = [tuple(pack(t) if j in _WEIGHTS else t for j, t in enumerate(layer)) for layer in self.layers]
 
     def encode(self, ids: list[int]) -> np.ndarray:
         torch = self._torch
@@ -86,14 +95,41 @@ class TorchBertEncoder:
         n, h, dim = len(ids), self.num_heads, self.dim
         if not 0 < n <= self.max_len:
             raise ValueError(f"encode takes 1 to {self.max_len} token ids, got {n}")
-        shape = (dim,)
+        shape, scale, linear = (dim,), 1.0 / math.sqrt(dim // h), self._linear
         with torch.inference_mode():
             x = self.word[torch.tensor(ids)] + self.type0 + self.pos[:n]  # the order BertEmbeddings adds in
             x = F.layer_norm(x, shape, *self.emb_ln, self.eps)
             for qkv_w, qkv_b, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2 in self.layers:
-                q, k, v = F.linear(x, qkv_w, qkv_b).view(n, 3, h, dim // h).permute(1, 2, 0, 3).unbind(0)
-                ctx = F.scaled_dot_product_attention(q, k, v)  # [heads, n, head_dim]; no padding, no mask
-                x = F.layer_norm(F.linear(ctx.transpose(0, 1).reshape(n, dim), o_w, o_b) + x, shape, *ln1, self.eps)
-                x = F.layer_norm(F.linear(F.gelu(F.linear(x, i_w, i_b)), f_w, f_b) + x, shape, *ln2, self.eps)
+                q, k, v = linear(x, qkv_w, qkv_b).view(n, 3, h, dim // h).permute(1, 2, 0, 3).unbind(0)
+                # one sequence, no padding: no mask; three plain calls beat SDPA's dispatch here
+                scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
+                ctx = torch.bmm(torch.softmax(scores, -1), v)  # [heads, n, head_dim]
+                x = F.layer_norm(linear(ctx.transpose(0, 1).reshape(n, dim), o_w, o_b) + x, shape, *ln1, self.eps)
+                x = F.layer_norm(linear(F.gelu(linear(x, i_w, i_b)), f_w, f_b) + x, shape, *ln2, self.eps)
             pooled = x.mean(0)
             return F.normalize(pooled, dim=0).numpy()
+
+
+_WEIGHTS = (0, 2, 5, 7)  # positions of the four linear weights in a layer tuple
+
+
+def _packed_linear(torch, weight, bias):
+    """(linear, pack) on oneDNN-reordered weights, as torch.compile's CPU weight freezing uses, or
+    None where this torch has no such ops or they disagree with F.linear on a test product."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    if not torch.backends.mkldnn.is_available() or ops is None:
+        return None
+
+    def pack(w):
+        return ops._reorder_linear_weight(w, 16)  # 16 rows: a short query's token count
+
+    def linear(x, w, b):
+        return ops._linear_pointwise(x, w, b, "none", [], "")
+
+    try:
+        x = torch.randn(3, weight.shape[1], generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            same = torch.allclose(linear(x, pack(weight), bias), torch.nn.functional.linear(x, weight, bias), atol=1e-5)
+    except (AttributeError, RuntimeError):  # private ops: absent or changed in this torch build
+        return None
+    return (linear, pack) if same else None
