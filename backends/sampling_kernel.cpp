@@ -23,6 +23,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -524,12 +525,16 @@ std::vector<torch::Tensor> sample_rows(torch::Tensor logits, torch::Tensor fpara
   double* lp = logprobs.data_ptr<double>();
   int64_t* tip = top_ids.data_ptr<int64_t>();
   double* tlp = top_lps.data_ptr<double>();
-  at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
+  // Rows are claimed one at a time, not split in fixed halves: their costs differ ~30x (greedy vs
+  // a histogram row), and on a shared CPU a descheduled worker then delays only its current row.
+  std::atomic<int64_t> next_row{0};
+  at::parallel_for(0, std::min<int64_t>(B, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     Scratch sc;
     sc.bmax.resize((V + BLOCK - 1) / BLOCK);
-    for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t r; (r = next_row.fetch_add(1)) < B;) {
       const float* x = xp + r * V;
-      ahead.p = r + 1 < r1 ? reinterpret_cast<const char*>(x + V) : nullptr;
+      const int64_t peek = next_row.load(std::memory_order_relaxed);  // likely this worker's next row
+      ahead.p = peek < B ? reinterpret_cast<const char*>(xp + peek * V) : nullptr;
       ahead.end = ahead.p ? ahead.p + V * sizeof(float) : nullptr;
       const double inv_temp = fp[r * 4], top_p = fp[r * 4 + 1], u = fp[r * 4 + 3];
       const float min_p = static_cast<float>(fp[r * 4 + 2]);
