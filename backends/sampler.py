@@ -121,7 +121,7 @@ def _sample_kernel(logits: torch.Tensor, rows: Sequence[SamplingRow], u: torch.T
     fparams = torch.tensor([(0.0 if p.greedy else 1.0 / p.temperature, p.top_p, p.min_p, 0.0) for p in params],
                            dtype=torch.float64)
     fparams[:, 3] = u
-    iparams = torch.tensor([(int(p.greedy) | int(p.adaptive_temperature) << 1, p.top_k, 0, p.logprobs)
+    iparams = torch.tensor([(int(p.greedy) | int(p.adaptive_temperature) << 1, p.top_k, p.logprobs)
                             for p in params], dtype=torch.int64)
     token_ids, lps, top_ids, top_lps = sampling_kernel.sample_rows(
         logits, fparams, iparams, ADAPTIVE_POLY, ADAPTIVE_MIN_ENTROPY, KERNEL_CANDIDATE_BLOCKS,

@@ -1,6 +1,6 @@
 // Fused per-row sampling for backends/sampler.py (CPU, float32 logits), built by sampling_kernel.py.
 //
-//   sample_rows(logits [B, V], fparams float64 [B, 4], iparams int64 [B, 4], poly, min_entropy,
+//   sample_rows(logits [B, V], fparams float64 [B, 4], iparams int64 [B, 3], poly, min_entropy,
 //               candidate_blocks, max_block_top_k) -> (token_ids [B], logprobs [B], top_ids [B, N], top_lps [B, N])
 //
 // Each row's logits are read from memory once (maximum and per-block maxima); every later pass
@@ -508,14 +508,14 @@ std::vector<torch::Tensor> sample_rows(torch::Tensor logits, torch::Tensor fpara
   TORCH_CHECK(V > 0 && V < (int64_t{1} << 31), "vocabulary size out of range: ", V);
   TORCH_CHECK(fparams.dtype() == torch::kFloat64 && fparams.sizes() == torch::IntArrayRef({B, 4}) &&
               fparams.is_contiguous(), "fparams must be contiguous float64 [B, 4]");
-  TORCH_CHECK(iparams.dtype() == torch::kInt64 && iparams.sizes() == torch::IntArrayRef({B, 4}) &&
-              iparams.is_contiguous(), "iparams must be contiguous int64 [B, 4]");
+  TORCH_CHECK(iparams.dtype() == torch::kInt64 && iparams.sizes() == torch::IntArrayRef({B, 3}) &&
+              iparams.is_contiguous(), "iparams must be contiguous int64 [B, 3]");
   // candidate_blocks = 0 (top-p) and max_block_top_k = 0 (top-k) send every such row to the histogram (tests).
   TORCH_CHECK(candidate_blocks >= 0 && max_block_top_k >= 0, "candidate_blocks and max_block_top_k must be >= 0");
   const double* fp = fparams.data_ptr<double>();
   const int64_t* ip = iparams.data_ptr<int64_t>();
   int64_t num_top = 0;
-  for (int64_t r = 0; r < B; ++r) num_top = std::max(num_top, std::min(ip[r * 4 + 3], V));
+  for (int64_t r = 0; r < B; ++r) num_top = std::max(num_top, std::min(ip[r * 3 + 2], V));
   auto token_ids = torch::empty({B}, torch::kInt64);
   auto logprobs = torch::empty({B}, torch::kFloat64);
   auto top_ids = torch::full({B, num_top}, -1, torch::kInt64);
@@ -538,8 +538,8 @@ std::vector<torch::Tensor> sample_rows(torch::Tensor logits, torch::Tensor fpara
       ahead.end = ahead.p ? ahead.p + V * sizeof(float) : nullptr;
       const double inv_temp = fp[r * 4], top_p = fp[r * 4 + 1], u = fp[r * 4 + 3];
       const float min_p = static_cast<float>(fp[r * 4 + 2]);
-      const bool greedy = ip[r * 4] & 1, adaptive = ip[r * 4] & 2;
-      const int64_t k = ip[r * 4 + 1] > 0 ? ip[r * 4 + 1] : V, n_top = std::min(ip[r * 4 + 3], V);
+      const bool greedy = ip[r * 3] & 1, adaptive = ip[r * 3] & 2;
+      const int64_t k = ip[r * 3 + 1] > 0 ? ip[r * 3 + 1] : V, n_top = std::min(ip[r * 3 + 2], V);
       RowOut o{0, 0.0, tip + r * num_top, tlp + r * num_top};
       const float m = block_maxima(x, V, sc.bmax.data());
       if (greedy || m == NEG_INF) {  // an all -inf row has nothing to draw from: its argmax, like torch

@@ -88,9 +88,9 @@ def sample_rows(logits: torch.Tensor, fparams: torch.Tensor, iparams: torch.Tens
                 poly: tuple[float, ...], min_entropy: float, candidate_blocks: int,
                 max_block_top_k: int) -> list[torch.Tensor]:
     """logits float32 [B, V] (contiguous, CPU); per row fparams float64 [B, 4] = (1 / temperature,
-    top_p, min_p, u) and iparams int64 [B, 4] = (1 greedy | 2 adaptive, top_k (0 = off), unused,
-    logprobs). Returns token_ids [B], their logprobs [B] and the top alternatives [B, N] (ids -1
-    and logprobs -inf past a row's own count), N = max logprobs. logits are read, not written."""
+    top_p, min_p, u) and iparams int64 [B, 3] = (1 greedy | 2 adaptive, top_k (0 = off), logprobs).
+    Returns token_ids [B], their logprobs [B] and the top alternatives [B, N] (ids -1 and logprobs
+    -inf past a row's own count), N = max logprobs. logits are read, not written."""
     module = _load()
     if module is None:
         raise RuntimeError(f"the compiled sampler is not available: {_error}")
