@@ -1,6 +1,7 @@
-"""Quantize a GGUF file into another GGUF file: `GGUFQuantizer`.
+"""Quantize a GGUF file or a Hugging Face checkpoint into a GGUF file: `GGUFQuantizer`.
 
     job = GGUFQuantizer("model-f32.gguf", "Q4_K_M", importance=load_imatrix("imatrix.gguf"))
+    job = GGUFQuantizer("SmolLM2-135M-Instruct/", "Q4_K_M")  # config.json + *.safetensors + tokenizer
     report = job.write("model-q4_k_m.gguf", progress=lambda name, weights: ...)
 
 Every tensor of the source (any type we can read) is dequantized to float32 and re-encoded
@@ -8,8 +9,10 @@ with the type quant_mixture plans for it, or copied byte for byte when it keeps 
 (as llama-quantize does). All metadata is copied with its exact GGUF value types (llama.cpp
 checks them), tokenizer included; general.file_type and general.quantization_version are set.
 
-A Hugging Face safetensors directory is refused: turning one into GGUF needs llama.cpp's
-converter (tensor renaming, the Q/K row permutation for llama, the tokenizer vocabulary).
+A Hugging Face safetensors directory (Llama family only, see backends/hf_to_gguf.py) is first
+written as an unquantized GGUF in a temporary folder, as llama.cpp's convert_hf_to_gguf.py would
+write it (GGUF names, llama.cpp's Q/K row order, hyperparameters, tokenizer), and quantized from
+there; the temporary file lives as long as the job.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +30,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from backends.gguf_file import GGUFFile, GGUFTensor
+from backends.hf_to_gguf import write_unquantized_gguf
 from backends.quantization import dequantize, resolve_format
 from backends.quantization.quant_mixture import Mixture, TensorSpec, plan_tensor_types, resolve_mixture
 from backends.quantization.quantizer import quantize_tensor
@@ -133,11 +138,12 @@ class GGUFQuantizer:
     def __init__(self, source: str | os.PathLike[str], mixture: str | Mixture,
                  importance: dict[str, np.ndarray] | None = None) -> None:
         source = os.fspath(source)
+        self._converted: tempfile.TemporaryDirectory[str] | None = None
         if os.path.isdir(source):
-            raise ValueError(
-                f"{source}: quantizing a safetensors checkpoint is not supported; convert it to GGUF "
-                "first with llama.cpp's convert_hf_to_gguf.py (it renames tensors, permutes llama's "
-                "Q/K rows and builds the tokenizer vocabulary), then quantize that file")
+            self._converted = tempfile.TemporaryDirectory(prefix="routegate-convert-")
+            converted = os.path.join(self._converted.name, "unquantized.gguf")
+            write_unquantized_gguf(source, converted)
+            source = converted
         self.source = GGUFFile(source)
         self.mixture = mixture if isinstance(mixture, Mixture) else resolve_mixture(mixture)
         self.importance = importance or {}
