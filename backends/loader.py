@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from backends import bundled_models, models
+from backends import bundled_models, models, sampling_kernel
 from backends.checkpoint import Checkpoint, GGUFCheckpoint, open_checkpoint
 from backends.dense_weights import DTYPES, DenseWeights
 from backends.engine import Engine
@@ -72,4 +72,6 @@ def _build(config: EngineConfig, checkpoint: Checkpoint, layout: KVLayout, pool:
     model_class = models.MODEL_CLASSES[checkpoint.config.architecture]
     max_len = min(config.max_model_len, checkpoint.config.max_position_embeddings)
     model = model_class(checkpoint.config, weights, max_positions=max_len).eval()
+    # Build (or load) the compiled sampler now, not inside the first request's step.
+    sampling_kernel.available()
     return Engine(config, checkpoint.config, model, tokenizer, pool, layout, checkpoint.fingerprint, tier)
