@@ -48,7 +48,12 @@ from router.labels import correctness_patterns  # noqa: E402
 from router.metrics import evaluate_win_rates  # noqa: E402
 from router.training import ForestParams, fit_forest, train_router  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "mmlu"
+# RouteLLM's MMLU labels, read in place: $ROUTEGATE_ROUTELLM_MMLU, ../shared next to the checkout,
+# or the workplace's /work/shared (a clone made elsewhere on the machine), as the tests look.
+_DATA_CANDIDATES = [Path(os.environ["ROUTEGATE_ROUTELLM_MMLU"]) if os.environ.get("ROUTEGATE_ROUTELLM_MMLU") else None,
+                    Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "mmlu",
+                    Path("/work/shared/data/routellm/mmlu")]
+DATA = next((p for p in _DATA_CANDIDATES if p is not None and p.is_dir()), _DATA_CANDIDATES[1])
 WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
 RORF = ForestParams(n_estimators=100, max_depth=20, min_samples_leaf=1, max_features=1.0, class_weight=None)
 MMLU_PARAMS = ForestParams()  # our defaults (router/training.py)
