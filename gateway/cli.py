@@ -73,16 +73,19 @@ QuantizeType = Enum("QuantizeType", {n: n for n in (  # backends/quantization/qu
 
 @app.command()
 def quantize(
-    source: Annotated[Path, typer.Argument(help="GGUF file to quantize (F32, F16, BF16 or any block type).")],
+    source: Annotated[Path, typer.Argument(
+        help="GGUF file (F32, F16, BF16 or any block type), or a HF safetensors checkpoint directory "
+             "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM).")],
     output: Annotated[Path, typer.Argument(help="GGUF file to write.")],
     type: Annotated[QuantizeType, typer.Option("--type", case_sensitive=False, help="Mixture or type.")],
     imatrix: Annotated[
         Optional[Path], typer.Option(help="Importance matrix from llama-imatrix (.gguf or legacy .dat).")
     ] = None,
 ) -> None:
-    """Quantize a GGUF file, choosing types and scales as llama.cpp's llama-quantize does.
+    """Quantize a GGUF file or a HF checkpoint, choosing types and scales as llama.cpp's llama-quantize does.
 
         routegate quantize model-f32.gguf model-q4_k_m.gguf --type Q4_K_M [--imatrix imatrix.gguf]
+        routegate quantize SmolLM2-135M-Instruct/ smollm2-q4_k_m.gguf --type Q4_K_M
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
