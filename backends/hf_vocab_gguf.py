@@ -17,7 +17,8 @@ from typing import Any
 
 from gguf import GGUFWriter, TokenType
 
-from backends.hf_tokenizer_dir import HFTokenizerDir
+# NOTE: the directory's own JSON readers, so both modules read tokenizer_config.json alike.
+from backends.hf_tokenizer_dir import HFTokenizerDir, _read_json, _token_text, _uses_byte_level
 
 # HF's spellings of the split regexes of llama.cpp's "llama-bpe" and "qwen2" pre-tokenizers
 # ((?i:...) is case-insensitive; backends/bpe_tokenizer.py spells the same classes out).
@@ -56,7 +57,7 @@ def add_vocab(writer: GGUFWriter, tokenizer: HFTokenizerDir, folder: str, vocab_
     """
     spec = _read_json(os.path.join(folder, "tokenizer.json"))
     model = spec.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or not _byte_level(spec.get("decoder")):
+    if model.get("type") != "BPE" or model.get("byte_fallback") or not _uses_byte_level(spec.get("decoder")):
         raise ValueError(f"{folder}: only byte-level BPE tokenizers (GPT-2 style) can be converted; this one is "
                          f"{model.get('type')} with byte_fallback={model.get('byte_fallback')} (SentencePiece-style)")
     pre = gguf_pre_tokenizer(spec.get("pre_tokenizer"))
@@ -83,40 +84,18 @@ def add_vocab(writer: GGUFWriter, tokenizer: HFTokenizerDir, folder: str, vocab_
         text = _token_text(config.get(f"{role}_token"))
         if text is not None and text in ids:
             add(ids[text])
-    writer.add_add_bos_token(_adds_token(config, spec, "bos", tokenizer.bos_token))
+    writer.add_add_bos_token(_adds_bos(config, spec, tokenizer.bos_token))
     if isinstance(config.get("add_eos_token"), bool):
         writer.add_add_eos_token(config["add_eos_token"])
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
 
-def _adds_token(config: dict[str, Any], spec: dict[str, Any], role: str, text: str | None) -> bool:
-    """Whether encoding prepends the BOS token: the config's flag, else the post-processor's template."""
-    flag = config.get(f"add_{role}_token")
+def _adds_bos(config: dict[str, Any], spec: dict[str, Any], bos_text: str | None) -> bool:
+    """Whether encoding prepends BOS: the config's add_bos_token, else the post-processor's template."""
+    flag = config.get("add_bos_token")
     if isinstance(flag, bool):
         return flag
     template = (spec.get("post_processor") or {}).get("single") or []
     first = template[0] if template else {}
-    return text is not None and (first.get("SpecialToken") or {}).get("id") == text
-
-
-def _byte_level(decoder: dict[str, Any] | None) -> bool:
-    if not decoder:
-        return False
-    return decoder.get("type") == "ByteLevel" or any(_byte_level(d) for d in decoder.get("decoders") or [])
-
-
-def _token_text(value: Any) -> str | None:
-    if isinstance(value, dict):  # an AddedToken spelled out
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        value = json.load(f)
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return value
+    return bos_text is not None and (first.get("SpecialToken") or {}).get("id") == bos_text
