@@ -27,8 +27,8 @@ PROMPT = "The capital of France is"
 def load_llama_cpp(path, **kwargs) -> llama_cpp.Llama:
     """llama-cpp-python's Llama with weights in plain CPU buffers.
 
-    NOTE: llama-cpp-python 0.3.36 segfaults in decode on our AMX machines when it repacks weights
-    into its extra buffer types (the bundled GGUF too); without repacking it runs the same model.
+    NOTE: llama-cpp-python 0.3.36 segfaults in decode on our dev machine (an AMX CPU), the bundled
+    GGUF too, when it repacks weights into its extra buffer types; without repacking it runs.
     """
     defaults = llama_cpp_llama.llama_cpp.llama_model_default_params
 
