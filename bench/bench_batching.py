@@ -106,8 +106,9 @@ def bench_decode(name: str, dtypes: list[str], levels: list[int], max_tokens: in
         del engine
         gc.collect()
 
-    import llama_cpp
     import transformers
+
+    from backends.llama_cpp_reference import load_llama_cpp  # weight repacking off: see its NOTE
 
     transformers.utils.logging.disable_progress_bar()
     path = resolve_model_path(f"bundled:{name}")
@@ -122,7 +123,7 @@ def bench_decode(name: str, dtypes: list[str], levels: list[int], max_tokens: in
     del model
     gc.collect()
 
-    llm = llama_cpp.Llama(path, n_threads=2, n_ctx=512, logits_all=False, verbose=False)
+    llm = load_llama_cpp(path, n_threads=2, n_ctx=512, logits_all=False)
     decode_llama(llm, batches[0][:1], 4)  # warm-up
     single = decode_llama(llm, batches[-1][:4], max_tokens)  # 4 requests served back to back
     print(f"  {name} llama.cpp (sequential): {single:.1f} tok/s", flush=True)

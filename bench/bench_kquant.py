@@ -90,10 +90,9 @@ def bench_ours(name: str, prefill_tokens: int, decode_tokens: int, concurrent: i
 
 def bench_llama_cpp(name: str, prefill_tokens: int, decode_tokens: int, ids: list[int], prompt: list[int],
                     sequential: int) -> dict[str, float]:
-    import llama_cpp
+    from backends.llama_cpp_reference import load_llama_cpp  # weight repacking off: see its NOTE
 
-    llm = llama_cpp.Llama(resolve_model_path(f"bundled:{name}"), n_threads=2, n_ctx=2048, n_batch=512,
-                          verbose=False)
+    llm = load_llama_cpp(resolve_model_path(f"bundled:{name}"), n_threads=2, n_ctx=2048, n_batch=512)
     llm.eval(ids[:32])  # warm-up
     llm.reset()
     start = time.perf_counter()

@@ -57,12 +57,12 @@ def test_scored_nll_is_the_negative_log_softmax_of_the_target():
 
 def _llama_cpp_perplexity(path: str, token_ids: list[int], ctx: int, bos: int | None) -> float:
     """The same rule through llama-cpp-python: fresh context per window, logits of every position."""
-    from llama_cpp import Llama
-
     from llama_cpp import GGML_TYPE_F32
 
-    llm = Llama(model_path=path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True, n_threads=2,
-                type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
+    from backends.llama_cpp_reference import load_llama_cpp
+
+    llm = load_llama_cpp(path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True, n_threads=2,
+                         type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
     first, nll = ctx // 2, []
     for window in windows(token_ids, ctx, bos):
         llm.reset()

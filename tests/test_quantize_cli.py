@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import struct
 
-import llama_cpp
-import llama_cpp.llama as llama_cpp_llama
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
@@ -17,6 +15,7 @@ from typer.testing import CliRunner
 
 from backends.bundled_models import smollm2_135m_gguf_path
 from backends.gguf_file import GGUFFile
+from backends.llama_cpp_reference import load_llama_cpp
 from backends.quantization.quantizer_imatrix import load_imatrix
 from gateway.cli import app
 
@@ -24,25 +23,7 @@ T = GGMLQuantizationType
 PROMPT = "The capital of France is"
 
 
-def load_llama_cpp(path, **kwargs) -> llama_cpp.Llama:
-    """llama-cpp-python's Llama with weights in plain CPU buffers.
-
-    NOTE: llama-cpp-python 0.3.36 segfaults in decode on our dev machine (an AMX CPU), the bundled
-    GGUF too, when it repacks weights into its extra buffer types; without repacking it runs.
-    """
-    defaults = llama_cpp_llama.llama_cpp.llama_model_default_params
-
-    def without_repacking():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llama_cpp_llama.llama_cpp, "llama_model_default_params", without_repacking)
-        return llama_cpp.Llama(str(path), verbose=False, **kwargs)
-
-
-def llama_cpp_greedy(llm: llama_cpp.Llama, prompt_ids: list[int], num_tokens: int) -> list[int]:
+def llama_cpp_greedy(llm, prompt_ids: list[int], num_tokens: int) -> list[int]:
     tokens = []
     for token in llm.generate(prompt_ids, temp=0.0, top_k=1):
         tokens.append(token)

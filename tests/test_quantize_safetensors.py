@@ -24,7 +24,8 @@ from backends.loader import load_engine, resolve_model_path
 from backends.perplexity import perplexity
 from backends.sampling_params import SamplingParams
 from gateway.cli import app
-from tests.test_quantize_cli import PROMPT, llama_cpp_greedy, load_llama_cpp
+from backends.llama_cpp_reference import load_llama_cpp
+from tests.test_quantize_cli import PROMPT, llama_cpp_greedy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = "In 2024, 12345 visitors saw the Eiffel Tower: ünïcödé, tabs\tand <|im_end|> too."

@@ -17,6 +17,7 @@ from gguf.quants import dequantize as reference_dequantize
 
 from backends.bundled_models import smollm2_135m_gguf_path
 from backends.gguf_export import GGUFQuantizer, dense_tensor, writer_with_metadata_of
+from backends.llama_cpp_reference import load_llama_cpp
 from backends.gguf_file import GGUFFile
 from backends.quantization import quantizer_kquants, quantizer_legacy
 from backends.quantization.pack_blocks import pack_blocks
@@ -196,7 +197,7 @@ def test_llama_cpp_and_our_engine_run_our_q4_k_m_alike(smollm2_files):
     from backends.sampling_params import SamplingParams
 
     path = smollm2_files[2].path
-    llm = llama_cpp.Llama(path, n_ctx=128, n_threads=2, verbose=False)
+    llm = load_llama_cpp(path, n_ctx=128, n_threads=2)
     prompt_ids = llm.tokenize(b"The capital of France is", add_bos=False)
     theirs = []
     for token in llm.generate(prompt_ids, temp=0.0, top_k=1):
