@@ -26,6 +26,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 from backends.checkpoint import SafetensorsCheckpoint
 from backends.hf_tokenizer_dir import HFTokenizerDir
 from backends.hf_vocab_gguf import add_vocab
+from backends.models.llama import hf_rope_theta as rope_theta
 
 SUPPORTED_HF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 _GGUF_ARCHITECTURE = "llama"
@@ -43,15 +44,6 @@ def read_hf_config(folder: str) -> dict[str, Any]:
         raise ValueError(f"{folder}: converting {architectures or 'an unnamed architecture'} to GGUF is not "
                          f"supported; supported: {', '.join(SUPPORTED_HF_ARCHITECTURES)}")
     return config
-
-
-def rope_theta(config: dict[str, Any]) -> float:
-    """RoPE base frequency; transformers >= 5 keeps it (and the scaling type) in rope_parameters."""
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type"))
-    if kind not in (None, "default"):
-        raise ValueError(f"RoPE scaling {params} is not supported for conversion yet (only the default RoPE)")
-    return float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
 
 
 def gguf_tensor_names(checkpoint: SafetensorsCheckpoint) -> list[str]:

@@ -83,3 +83,15 @@ def test_bad_paths_give_clear_errors(tmp_path):
         open_checkpoint(str(tmp_path))
     with pytest.raises(ValueError, match="not supported"):
         models.for_gguf("mamba")
+
+
+def test_hf_rope_theta_from_either_transformers_layout():
+    base = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 128,
+            "vocab_size": 10}
+    assert llama.config_from_hf({**base, "rope_theta": 100000.0}).rope_theta == 100000.0
+    # transformers >= 5 writes rope_parameters instead of rope_theta
+    assert llama.config_from_hf({**base, "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0}}
+                                ).rope_theta == 100000.0
+    assert llama.config_from_hf(base).rope_theta == 10000.0
+    with pytest.raises(ValueError, match="RoPE scaling"):
+        llama.config_from_hf({**base, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})

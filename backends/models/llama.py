@@ -58,12 +58,20 @@ def config_from_gguf(f: GGUFFile) -> ModelConfig:
     )
 
 
+def hf_rope_theta(cfg: dict[str, Any]) -> float:
+    """RoPE base frequency of a HF config; transformers >= 5 keeps it (and the scaling type) in
+    rope_parameters, older versions in rope_theta and rope_scaling. Only the default RoPE runs."""
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type"))
+    if kind not in (None, "default"):
+        raise ValueError(f"RoPE scaling {params} is not supported for the Llama family yet (only the default RoPE)")
+    return float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+
+
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     hidden = int(cfg["hidden_size"])
     num_heads = int(cfg["num_attention_heads"])
-    scaling = cfg.get("rope_scaling") or {}
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise ValueError(f"rope_scaling {scaling} is not supported for the Llama family yet")
+    theta = hf_rope_theta(cfg)
     return ModelConfig(
         architecture="llama",
         num_layers=int(cfg["num_hidden_layers"]),
@@ -75,7 +83,7 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         vocab_size=int(cfg["vocab_size"]),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=theta,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
     )
