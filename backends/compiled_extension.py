@@ -12,6 +12,7 @@ ROUTEGATE_NO_KERNELS=1 forces those paths for every extension (tests compare bot
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
@@ -61,14 +62,30 @@ class CompiledExtension:
                     self._error = "disabled by ROUTEGATE_NO_KERNELS=1"
                 else:
                     try:
-                        from torch.utils import cpp_extension
-
-                        self._module = cpp_extension.load(name=self.build_name(), sources=self.sources,
-                                                          extra_cflags=self.cflags, extra_ldflags=["-fopenmp"],
-                                                          verbose=False)
+                        self._module = self._build()
                     except Exception as exc:  # no compiler, no ninja, no headers: fall back, say why
                         self._error = f"{type(exc).__name__}: {exc}"
         return self._module
+
+    def _build(self) -> ModuleType:
+        from torch.utils import cpp_extension
+
+        name = self.build_name()
+        build_dir = cpp_extension._get_build_directory(name, verbose=False)
+        # NOTE: torch marks a build in progress with a `lock` file and waits, forever, for it to
+        # go away; a build that was killed leaves it behind and every later start hangs. An
+        # flock is released by the kernel when its holder dies, so whoever holds ours knows that
+        # a torch lock file it finds is stale.
+        with open(build_dir + ".routegate-lock", "w") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                stale = os.path.join(build_dir, "lock")
+                if os.path.exists(stale):
+                    os.remove(stale)
+                return cpp_extension.load(name=name, sources=self.sources, extra_cflags=self.cflags,
+                                          extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False)
+            finally:
+                fcntl.flock(guard, fcntl.LOCK_UN)
 
     def available(self) -> bool:
         """True when the extension is loaded (building it now if needed)."""

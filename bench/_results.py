@@ -18,6 +18,10 @@ def record(area: str, metric: str, ours: float, reference: str, reference_value:
     path = os.environ.get("ROUTEGATE_BENCH_RESULTS")
     if not path:
         return
+    # Scripts compute with numpy: float() and bool() turn its scalars into what JSON can hold.
+    ours = float(ours)
+    reference_value = None if reference_value is None else float(reference_value)
+    met = None if met is None else bool(met)
     ratio = ours / reference_value if reference_value else None
     row = dict(area=area, metric=metric, ours=ours, unit=unit, reference=reference,
                reference_value=reference_value, ratio=ratio, target=target, met=met)
