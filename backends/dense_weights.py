@@ -11,6 +11,16 @@ from backends.checkpoint import Checkpoint
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def stacked_bias(checkpoint: Checkpoint, names: list[str], rows: list[int],
+                 dtype: torch.dtype) -> torch.Tensor | None:
+    """The biases of projections stacked by rows (zeros for a part without one), or None when
+    no part has a bias (Qwen2 biases Q, K and V; nothing else does)."""
+    if not any(checkpoint.has(n + ".bias") for n in names):
+        return None
+    return torch.cat([checkpoint.dense(n + ".bias").to(dtype) if checkpoint.has(n + ".bias")
+                      else torch.zeros(r, dtype=dtype) for n, r in zip(names, rows)])
+
+
 class DenseLinear(nn.Module):
     """y = x W^T (+ b), with W [out, in] in the engine's dtype."""
 
@@ -60,12 +70,7 @@ class DenseWeights:
         """One DenseLinear over the named matrices stacked by rows (outputs side by side); the
         parts are not kept separately, so this costs no extra weight memory."""
         weights = [self.checkpoint.dense(n + ".weight").to(self.dtype) for n in names]
-        biases = [self.checkpoint.dense(n + ".bias").to(self.dtype) if self.checkpoint.has(n + ".bias") else None
-                  for n in names]
-        bias = None
-        if any(b is not None for b in biases):
-            bias = torch.cat([b if b is not None else torch.zeros(w.shape[0], dtype=self.dtype)
-                              for w, b in zip(weights, biases)])
+        bias = stacked_bias(self.checkpoint, names, [w.shape[0] for w in weights], self.dtype)
         return DenseLinear(torch.cat(weights).contiguous(), bias)
 
     def embedding(self, name: str) -> nn.Module:

@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 from torch import nn
 
 from backends.checkpoint import GGUFCheckpoint
-from backends.dense_weights import DTYPES, DenseEmbedding, DenseLinear
+from backends.dense_weights import DTYPES, DenseEmbedding, DenseLinear, stacked_bias
 from backends.quantization.quantized_linear import (BlockMatrix, QuantizedEmbedding, QuantizedLinear,
                                                    StackedBlockMatrices)
 
@@ -66,11 +66,7 @@ class KQuantWeights:
         over the stacked block matrices when all are quantized, else each part on its own."""
         matrices = [self._matrix(n + ".weight") for n in names]
         if all(isinstance(m, BlockMatrix) for m in matrices) and len({m.cols for m in matrices}) == 1:
-            biases = [self.checkpoint.dense(n + ".bias") if self.checkpoint.has(n + ".bias") else None for n in names]
-            bias = None
-            if any(b is not None for b in biases):
-                bias = torch.cat([b.float() if b is not None else torch.zeros(m.rows)
-                                  for m, b in zip(matrices, biases)])
+            bias = stacked_bias(self.checkpoint, names, [m.rows for m in matrices], torch.float32)
             return QuantizedLinear(StackedBlockMatrices(matrices), bias)
         return ConcatLinear([self.linear(n) for n in names])
 

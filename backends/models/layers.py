@@ -47,7 +47,7 @@ class RotaryEmbedding(nn.Module):
 
     x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1), is computed as
     x * cos + roll(x, half) * signed_sin where signed_sin = cat(-sin1, sin2): the same products
-    and sums (so the same bits), in three ops instead of seven.
+    and sums, in three ops instead of seven.
     """
 
     def __init__(self, head_dim: int, base: float, max_positions: int, scaling_factor: float = 1.0) -> None:
