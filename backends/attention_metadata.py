@@ -88,6 +88,23 @@ class AttentionMetadata:
         return self.memo(("table", i), lambda: torch.tensor(
             self.block_tables[i][: -(-ctx // self.block_size)], dtype=torch.int64))
 
+    def single_token_seqs(self) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sequence indices, their token rows [B'], block tables int64 [B', width] padded with
+        block 0, context lengths int64 [B']) of the sequences with exactly one new token."""
+        return self.memo("single_token", self._single_token_seqs)
+
+    def _single_token_seqs(self):
+        seqs = [i for i in range(self.num_seqs) if self.query_starts[i + 1] - self.query_starts[i] == 1]
+        lens = [self.context_lens[i] for i in seqs]
+        width = max((-(-n // self.block_size) for n in lens), default=1)
+        padded = []
+        for i in seqs:
+            used = list(self.block_tables[i][: -(-self.context_lens[i] // self.block_size)])
+            padded.append(used + [0] * (width - len(used)))
+        tables = torch.tensor(padded, dtype=torch.int64).reshape(len(seqs), width)
+        rows = torch.tensor([self.query_starts[i] for i in seqs], dtype=torch.int64)
+        return seqs, rows, tables, torch.tensor(lens, dtype=torch.int64)
+
     def padded_decode(self, sliding_window: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(blocks [B, L], offsets [B, L], mask [B, 1, 1, L]) for one padded SDPA over all
         sequences, keeping only the keys each one attends to (the last `sliding_window`).

@@ -1,9 +1,10 @@
 """Attention over a paged KV cache, in plain torch on CPU.
 
 New K/V are scattered into their slots first, then each sequence attends to its context
-gathered through the step's precomputed indices. Decode-only steps (one new token per
-sequence) run as one padded, masked SDPA call; steps with prefill chunks run one SDPA call
-per sequence.
+gathered through the step's precomputed indices. With the compiled fused operations
+(fused_ops.py), single-token queries run in one decode_attention call and chunks in SDPA per
+sequence; without them, decode-only steps (one new token per sequence) run as one padded,
+masked SDPA call and steps with prefill chunks one SDPA call per sequence.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from backends import fused_ops
 from backends.attention_metadata import AttentionMetadata
 
 
@@ -23,6 +25,29 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     k_cache[meta.write_blocks, meta.write_offsets] = k.to(k_cache.dtype)
     v_cache[meta.write_blocks, meta.write_offsets] = v.to(v_cache.dtype)
+    return attend_cached(q, k_cache, v_cache, meta, scale, sliding_window, fused=False)
+
+
+def attend_cached(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                  scale: float, sliding_window: int | None, fused: bool) -> torch.Tensor:
+    """Attention of q [T, heads, d] whose own K/V are already in the cache -> [T, heads, d].
+
+    fused: every sequence with one new token (decodes, in pure-decode and mixed steps alike, so
+    a sequence's decode never depends on what it is batched with) goes through one call of
+    fused_ops.decode_attention; longer chunks run SDPA per sequence."""
+    if fused:
+        seqs, rows, tables, lens = meta.single_token_seqs()
+        if len(seqs) == meta.num_seqs:
+            return fused_ops.decode_attention(q, k_cache, v_cache, tables, lens, scale, sliding_window)
+        out = torch.empty_like(q)
+        if seqs:
+            out[rows] = fused_ops.decode_attention(q[rows], k_cache, v_cache, tables, lens, scale, sliding_window)
+        single = set(seqs)
+        for i in range(meta.num_seqs):
+            if i not in single:
+                start, end = meta.query_starts[i], meta.query_starts[i + 1]
+                out[start:end] = _attend_one(q[start:end], k_cache, v_cache, meta, i, scale, sliding_window)
+        return out
     if meta.is_decode_only and meta.num_seqs > 1:
         return _decode(q, k_cache, v_cache, meta, scale, sliding_window)
     out = torch.empty_like(q)

@@ -111,8 +111,9 @@ class Gemma3Layer(nn.Module):
         self.post_ffn_norm = RMSNorm(weights.vector(p + "post_ffw_norm"), eps)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache) -> torch.Tensor:
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), meta, kv_cache))
-        return x + self.post_ffn_norm(self.mlp(self.ffn_norm(x)))
+        # x is updated in place: the residual stream is this step's own tensor.
+        h = self.ffn_norm.add_(x, self.attn(self.attn_norm(x), meta, kv_cache), self.post_attn_norm)
+        return x.add_(self.post_ffn_norm(self.mlp(h)))
 
 
 class Gemma3Model(nn.Module):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backends import fused_ops
+
 
 class WeightSource(Protocol):
     """What a model needs from a checkpoint, by GGUF tensor name (without `.weight`)."""
@@ -33,13 +35,24 @@ class RMSNorm(nn.Module):
 
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight.float(), requires_grad=False)
+        self.weight = nn.Parameter(weight.float().contiguous(), requires_grad=False)
         self.eps = eps
+        self.fused = fused_ops.available()  # one compiled call instead of several torch ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One dispatch instead of six: decode is dominated by per-op overhead, not arithmetic.
+        if self.fused:
+            return fused_ops.rms_norm(x, self.weight, self.eps)
         y = F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def add_(self, x: torch.Tensor, delta: torch.Tensor, delta_norm: "RMSNorm | None" = None) -> torch.Tensor:
+        """The residual step: x += delta (or delta_norm(delta), Gemma's post-norms) in place,
+        rounded to x's dtype; returns this norm of the new x (the next block's input)."""
+        if self.fused and x.dim() == 2 and x.is_contiguous():
+            return fused_ops.add_rms_norm_(x, delta, None if delta_norm is None else delta_norm.weight,
+                                           self.weight, self.eps)
+        x.add_(delta if delta_norm is None else delta_norm(delta))
+        return self(x)
 
 
 class RotaryEmbedding(nn.Module):

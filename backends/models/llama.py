@@ -117,8 +117,9 @@ class LlamaLayer(nn.Module):
                             weights.linear(f"blk.{i}.ffn_down"), config.intermediate_size, F.silu)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), meta, kv_cache)
-        return x + self.mlp(self.ffn_norm(x))
+        # x is updated in place: the residual stream is this step's own tensor.
+        h = self.ffn_norm.add_(x, self.attn(self.attn_norm(x), meta, kv_cache))
+        return x.add_(self.mlp(h))
 
 
 class LlamaModel(nn.Module):
