@@ -159,8 +159,10 @@ def bench_kernels(name: str, token_counts: list[int]) -> None:
 
     checkpoint = GGUFCheckpoint(resolve_model_path(f"bundled:{name}"))
     seen = set()
-    print(f"\n{name}: us per product, kernel / dequantize + GEMM  (T = tokens)")
-    print(f"{'format':6} {'out x in':>12} " + " ".join(f"{'T=' + str(t):>15}" for t in token_counts))
+    int8 = kernel_cpu.int8_formats()
+    print(f"\n{name}: us per product, float kernel / integer path (8-bit activations; '-' without VNNI) / "
+          f"dequantize + GEMM  (T = tokens)")
+    print(f"{'format':6} {'out x in':>12} " + " ".join(f"{'T=' + str(t):>20}" for t in token_counts))
     for tensor_name, info in checkpoint.file.tensors.items():
         key = (info.ggml_type, tuple(info.shape))
         if len(info.shape) != 2 or info.ggml_type.name.startswith(("F", "BF")) or key in seen:
@@ -172,15 +174,20 @@ def bench_kernels(name: str, token_counts: list[int]) -> None:
         for t in token_counts:
             x = torch.randn(t, m.cols)
             timings = []
-            for fn in (lambda: kernel_cpu.qmatmul(x, m.blocks, m.ggml_type, m.cols),
-                       lambda: F.linear(x, m.decode(m.blocks))):
+            paths = [lambda: kernel_cpu.qmatmul(x, m.blocks, m.ggml_type, m.cols),
+                     lambda: kernel_cpu.qmatmul(x, m.blocks, m.ggml_type, m.cols, True),
+                     lambda: F.linear(x, m.decode(m.blocks))]
+            for i, fn in enumerate(paths):
+                if i == 1 and int(m.ggml_type) not in int8:
+                    timings.append(float("nan"))
+                    continue
                 fn()
                 reps = max(2, int(3e7 // (m.rows * m.cols * max(t, 4))))
                 start = time.perf_counter()
                 for _ in range(reps):
                     fn()
                 timings.append((time.perf_counter() - start) / reps * 1e6)
-            cells.append(f"{timings[0]:7.0f}/{timings[1]:<7.0f}")
+            cells.append(f"{timings[0]:6.0f}/{timings[1]:<6.0f}/{timings[2]:<6.0f}")
         print(f"{raw.ggml_type.name:6} {m.rows:>6}x{m.cols:<5} " + " ".join(cells), flush=True)
 
 

@@ -3,10 +3,13 @@ and the engine generates what the full-precision engine generates.
 
 Products are float32 on both sides; they differ only by summation order, so the tolerance is
 a few float32 ulps of the output scale (1e-5 of max |y|), far below any quantization effect.
+Where a matrix runs on the integer path (8-bit activations, as llama.cpp multiplies), the
+reference multiplies the same 8-bit activations (kernel_cpu.fake_quantize) in float.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -34,6 +37,11 @@ FP16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0
 
 def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).abs().max() / ref.abs().max())
+
+
+def _activations(matrix: BlockMatrix, x: torch.Tensor) -> torch.Tensor:
+    """What the matrix multiplies: x, or its 8-bit quantization on the integer path."""
+    return kernel_cpu.fake_quantize(x) if matrix.int8 else x
 
 
 def _matrices_of(name: str) -> list[tuple[str, BlockMatrix]]:
@@ -81,7 +89,8 @@ def test_every_bundled_tensor_type_multiplies_like_its_dequantized_weights(bundl
         layer = QuantizedLinear(matrix)
         for num_tokens in TOKEN_COUNTS:
             x = torch.randn(num_tokens, matrix.cols, generator=gen)
-            assert _relative_error(layer(x), F.linear(x, weight)) < 1e-5, (name, num_tokens)
+            assert _relative_error(layer(x), F.linear(_activations(matrix, x), weight)) < 1e-5, (name, num_tokens)
+            assert _relative_error(layer(x), F.linear(x, weight)) < 3e-2, (name, num_tokens)  # 8-bit rounding only
     assert types in ({"Q4_1", "Q8_0"}, {"Q4_K", "Q5_0", "Q6_K", "Q8_0"})
 
 
@@ -93,17 +102,48 @@ def test_every_format_on_random_blocks_both_paths(fmt_name, use_kernel):
     ggml_type = GGMLQuantizationType[fmt_name]
     matrix = BlockMatrix(blocks, ggml_type, rows, cols)
     matrix.use_kernel = use_kernel and matrix.use_kernel  # False: the pure-torch fallback
+    matrix.int8 = matrix.int8 and matrix.use_kernel
     weight = dequantize(blocks, ggml_type, (rows, cols))
     assert torch.equal(matrix.decode(blocks), weight)
     gen = torch.Generator().manual_seed(1)
     for num_tokens in TOKEN_COUNTS:
         x = torch.randn(num_tokens, cols, generator=gen)
-        assert _relative_error(matrix.times(x), F.linear(x, weight)) < 1e-5, num_tokens
+        assert _relative_error(matrix.times(x), F.linear(_activations(matrix, x), weight)) < 1e-5, num_tokens
     bias = torch.randn(rows, generator=gen)
     x = torch.randn(2, cols, generator=gen).bfloat16()
     y = QuantizedLinear(matrix, bias)(x)
     assert y.dtype == torch.bfloat16
-    assert _relative_error(y.float(), F.linear(x.float(), weight, bias)) < 1e-2  # bf16 output rounding
+    assert _relative_error(y.float(), F.linear(_activations(matrix, x.float()), weight, bias)) < 1e-2  # bf16 rounding
+
+
+def test_fake_quantize_rounds_each_32_values_to_8_bits():
+    """llama.cpp's Q8_0 rule: codes round(x / s) with s = max|x| / 127, s then kept as fp16."""
+    if not kernel_cpu.available():
+        pytest.skip(kernel_cpu.build_error())
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(2)) * torch.tensor([1e-3, 1.0, 50.0]).repeat_interleave(32)
+    x[1, 32:64] = 0.0
+    q = kernel_cpu.fake_quantize(x).view(3, 3, 32)
+    scale = (x.view(3, 3, 32).abs().amax(-1, keepdim=True) / 127).half().float()  # kept as fp16, as llama.cpp
+    codes = torch.where(scale > 0, q / scale, torch.zeros_like(q))
+    assert float((codes - codes.round()).abs().max()) < 1e-4  # integers, up to the division's rounding
+    assert float(codes.abs().max().round()) == 127.0
+    assert torch.equal(q[1, 1], torch.zeros(32))  # an all-zero block stays zero
+    assert _relative_error(q.view(3, 96), x) < 1e-2
+
+
+@pytest.mark.parametrize("fmt_name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_integer_path_on_rows_of_an_odd_number_of_64_value_chunks(fmt_name):
+    """96 columns: the last 64-value chunk of each row is half padding."""
+    ggml_type = GGMLQuantizationType[fmt_name]
+    if int(ggml_type) not in kernel_cpu.int8_formats():
+        pytest.skip("no integer path on this CPU")
+    blocks = _random_blocks(fmt_name, 5, 96, seed=9)
+    weight = dequantize(blocks, ggml_type, (5, 96))
+    gen = torch.Generator().manual_seed(3)
+    for num_tokens in (1, 4, 5):
+        x = torch.randn(num_tokens, 96, generator=gen)
+        y = kernel_cpu.qmatmul(x, blocks, ggml_type, 96, True)
+        assert _relative_error(y, F.linear(kernel_cpu.fake_quantize(x), weight)) < 1e-5
 
 
 def test_embedding_decodes_the_requested_rows_only():
@@ -149,20 +189,53 @@ def engines(request):
     return name, made
 
 
+def _batched(engine, prompts: list[list[int]]) -> list[list[int]]:
+    request_ids = [engine.add_request(ids, GREEDY) for ids in prompts]
+    got: dict[str, list[int]] = {r: [] for r in request_ids}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            got[out.request_id].extend(out.new_token_ids)
+    return [got[r] for r in request_ids]
+
+
+@contextlib.contextmanager
+def float_activations(engine):
+    """The engine's block matrices with the integer path off (float32 activations)."""
+    matrices = [mat for m in engine.runner.model.modules() if hasattr(m, "matrix")
+                for mat in {id(x): x for x in [m.matrix, *m.matrix.parts]}.values()]
+    saved = [mat.int8 for mat in matrices]
+    for mat in matrices:
+        mat.int8 = False
+    try:
+        yield
+    finally:
+        for mat, flag in zip(matrices, saved):
+            mat.int8 = flag
+
+
 def test_kquant_greedy_equals_full_precision_greedy(engines):
-    """Same weights (dequantized exactly), float32 on both sides: the same greedy tokens, alone
-    and when all prompts share the engine's batches."""
+    """Same weights (dequantized exactly), float32 activations on both sides (the integer path
+    off): the same greedy tokens, alone and when all prompts share the engine's batches."""
     name, made = engines
     kquant, dense = made["kquant"], made["full_precision"]
     prompts = [kquant.tokenizer.encode(p) for p in PROMPTS]
     expected = [dense.generate(ids, GREEDY) for ids in prompts]
-    assert [kquant.generate(ids, GREEDY) for ids in prompts] == expected
-    request_ids = [kquant.add_request(ids, GREEDY) for ids in prompts]
-    got: dict[str, list[int]] = {r: [] for r in request_ids}
-    while kquant.has_unfinished_requests():
-        for out in kquant.step():
-            got[out.request_id].extend(out.new_token_ids)
-    assert [got[r] for r in request_ids] == expected
+    with float_activations(kquant):
+        assert [kquant.generate(ids, GREEDY) for ids in prompts] == expected
+        assert _batched(kquant, prompts) == expected
+
+
+def test_integer_path_greedy_is_the_same_alone_and_batched(engines):
+    """8-bit activations: a request's tokens do not depend on what it is batched with, and
+    they stay close to the float path's (the same first tokens)."""
+    name, made = engines
+    kquant = made["kquant"]
+    prompts = [kquant.tokenizer.encode(p) for p in PROMPTS]
+    alone = [kquant.generate(ids, GREEDY) for ids in prompts]
+    assert _batched(kquant, prompts) == alone
+    with float_activations(kquant):
+        floats = [kquant.generate(ids, GREEDY) for ids in prompts]
+    assert [a[:4] for a in alone] == [f[:4] for f in floats]
 
 
 def test_kquant_weights_are_views_of_the_file(engines):

@@ -26,7 +26,7 @@ KERNEL_FORMATS = frozenset({_T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q8_0, _T.Q4_K
 
 _HERE = os.path.dirname(__file__)
 _EXTENSION = CompiledExtension("routegate_kernel_qmatmul", [os.path.join(_HERE, "kernel_qmatmul.cpp")],
-                               headers=[os.path.join(_HERE, "kernel_decode.h")])
+                               headers=[os.path.join(_HERE, "kernel_decode.h"), os.path.join(_HERE, "kernel_int8.h")])
 
 
 def available() -> bool:
@@ -39,16 +39,34 @@ def build_error() -> str | None:
     return _EXTENSION.build_error()
 
 
-def qmatmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
-    """x float32 [T, in] times the block-format matrix [out, in]^T -> float32 [T, out]."""
-    return _EXTENSION.module().qmatmul(x, blocks, int(ggml_type), in_features)
+def int8_formats() -> frozenset[int]:
+    """GGML types whose products run on the integer path (8-bit activations, AVX512-VNNI dot
+    products; see kernel_int8.h): empty without the kernels or on CPUs without VNNI."""
+    if not available():
+        return frozenset()
+    return frozenset(int(t) for t in _EXTENSION.module().int8_formats())
+
+
+def qmatmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int,
+            int8: bool = False) -> torch.Tensor:
+    """x float32 [T, in] times the block-format matrix [out, in]^T -> float32 [T, out].
+
+    int8: multiply 8-bit quantized activations (fake_quantize(x)) with the weights' integer
+    codes instead of x with the decoded float weights."""
+    return _EXTENSION.module().qmatmul(x, blocks, int(ggml_type), in_features, int8)
 
 
 def qmatmul_stacked(x: torch.Tensor, blocks: list[torch.Tensor], ggml_types: list[int],
-                    in_features: int) -> torch.Tensor:
+                    in_features: int, int8: bool = False) -> torch.Tensor:
     """x float32 [T, in] times several block-format matrices [out_i, in]^T, one call ->
     float32 [T, sum out_i] (each part's columns side by side, bit-identical to qmatmul)."""
-    return _EXTENSION.module().qmatmul_stacked(x, blocks, [int(t) for t in ggml_types], in_features)
+    return _EXTENSION.module().qmatmul_stacked(x, blocks, [int(t) for t in ggml_types], in_features, int8)
+
+
+def fake_quantize(x: torch.Tensor) -> torch.Tensor:
+    """The activations the integer path multiplies, as float32 [T, in]: each 32 values rounded
+    to 8 bits with scale max|x| / 127 (llama.cpp's Q8_0 rule)."""
+    return _EXTENSION.module().fake_quantize(x)
 
 
 def dequantize(blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include "kernel_decode.h"
+#include "kernel_int8.h"
 
 namespace {
 
@@ -38,6 +39,57 @@ void with_format(int64_t ggml_type, F&& f) {
   }
 }
 
+#ifdef RG_INT8_DOT
+// The integer-path decoder of one GGML type (kernel_int8.h).
+template <typename F>
+void with_int8_format(int64_t ggml_type, F&& f) {
+  switch (ggml_type) {
+    case 2: return f.template operator()<int8_q4_0, 32, 18>();
+    case 3: return f.template operator()<int8_q4_1, 32, 20>();
+    case 6: return f.template operator()<int8_q5_0, 32, 22>();
+    case 7: return f.template operator()<int8_q5_1, 32, 24>();
+    case 8: return f.template operator()<int8_q8_0, 32, 34>();
+    case 12: return f.template operator()<int8_q4_k, 256, 144>();
+    case 13: return f.template operator()<int8_q5_k, 256, 176>();
+    case 14: return f.template operator()<int8_q6_k, 256, 210>();
+    default: TORCH_CHECK(false, "qmatmul: no integer path for GGML type ", ggml_type);
+  }
+}
+#endif
+
+// The GGML types the integer path multiplies on this build (none without AVX512-VNNI).
+std::vector<int64_t> int8_formats() {
+  if (!kInt8Dot) return {};
+  return {2, 3, 6, 7, 8, 12, 13, 14};
+}
+
+// x [T, K] float32 -> its 8-bit quantization (kernel_int8.h), buffers owned by the caller.
+struct Q8Buffers {
+  std::vector<int8_t> q;
+  std::vector<float> sv, sums;
+  Q8Acts acts;
+  Q8Buffers(const float* x, int64_t T, int64_t K) : q(T * round_up_64(K)), sv(T * round_up_64(K) / 4), sums(T * K / 16) {
+    TORCH_CHECK(K % 32 == 0, "8-bit activations need K % 32 == 0, got K=", K);
+    const int64_t Kp = round_up_64(K);
+    for (int64_t t = 0; t < T; ++t) quantize_row_q8(x + t * K, K, q.data() + t * Kp, sv.data() + t * Kp / 4, sums.data() + t * K / 16);
+    acts = Q8Acts{q.data(), sv.data(), sums.data(), K, Kp};
+  }
+};
+
+// The activations the integer path multiplies, as floats (s * q): the float-GEMM path uses
+// these so that both paths compute the same products.
+torch::Tensor fake_quantize(torch::Tensor x) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be float32 [T, K]");
+  x = x.contiguous();
+  const int64_t T = x.size(0), K = x.size(1), Kp = round_up_64(K);
+  Q8Buffers b(x.data_ptr<float>(), T, K);
+  auto out = torch::empty({T, K}, x.options());
+  float* op = out.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) op[t * K + k] = b.sv[t * Kp / 4 + k / 4] * float(b.q[t * Kp + k]);
+  return out;
+}
+
 void check_blocks(const torch::Tensor& blocks, int64_t block_size, int64_t type_size, int64_t K) {
   TORCH_CHECK(blocks.dtype() == torch::kUInt8 && blocks.dim() == 2 && blocks.is_contiguous(),
               "blocks must be contiguous uint8 [rows, row_bytes]");
@@ -45,11 +97,27 @@ void check_blocks(const torch::Tensor& blocks, int64_t block_size, int64_t type_
   TORCH_CHECK(blocks.size(1) == K / block_size * type_size, "row_bytes does not match K");
 }
 
-torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, int64_t K) {
+torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, int64_t K, bool int8) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
   x = x.contiguous();
   const int64_t T = x.size(0), N = blocks.size(0);
   auto y = torch::empty({T, N}, x.options());
+#ifdef RG_INT8_DOT
+  if (int8) {
+    Q8Buffers acts(x.data_ptr<float>(), T, K);
+    with_int8_format(ggml_type, [&]<Int8Decoder DECODE, int BS, int TS>() {
+      check_blocks(blocks, BS, TS, K);
+      const uint8_t* wp = blocks.data_ptr<uint8_t>();
+      float* yp = y.data_ptr<float>();
+      at::parallel_for(0, N, std::max<int64_t>(1, (1 << 16) / K), [&](int64_t n0, int64_t n1) {
+        rg::rows_times_q8<DECODE, BS, TS>(acts.acts, T, wp, yp, N, n0, n1);
+      });
+    });
+    return y;
+  }
+#else
+  TORCH_CHECK(!int8, "qmatmul: this build has no integer path (needs AVX512-VNNI)");
+#endif
   with_format(ggml_type, [&]<Decoder DECODE, int BS, int TS>() {
     check_blocks(blocks, BS, TS, K);
     const float* xp = x.data_ptr<float>();
@@ -68,7 +136,7 @@ torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, 
 // thread pool) for Q, K and V instead of three. Each output element is the same row-times-x
 // loop as qmatmul, so results are bit-identical to separate calls.
 torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
-                              std::vector<int64_t> ggml_types, int64_t K) {
+                              std::vector<int64_t> ggml_types, int64_t K, bool int8) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
   TORCH_CHECK(!parts.empty() && parts.size() == ggml_types.size(), "one GGML type per part");
   x = x.contiguous();
@@ -83,6 +151,24 @@ torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / K);
+#ifdef RG_INT8_DOT
+  if (int8) {
+    Q8Buffers acts(xp, T, K);  // quantized once for every part
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t lo = std::max(n0, first[p]), hi = std::min(n1, first[p + 1]);
+        if (lo >= hi) continue;
+        const uint8_t* wp = parts[p].data_ptr<uint8_t>();
+        with_int8_format(ggml_types[p], [&]<Int8Decoder DECODE, int BS, int TS>() {
+          rg::rows_times_q8<DECODE, BS, TS>(acts.acts, T, wp, yp + first[p], N, lo - first[p], hi - first[p]);
+        });
+      }
+    });
+    return y;
+  }
+#else
+  TORCH_CHECK(!int8, "qmatmul_stacked: this build has no integer path (needs AVX512-VNNI)");
+#endif
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t p = 0; p < P; ++p) {
       const int64_t lo = std::max(n0, first[p]), hi = std::min(n1, first[p + 1]);
@@ -115,7 +201,9 @@ torch::Tensor dequantize(torch::Tensor blocks, int64_t ggml_type, int64_t K) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("qmatmul", &qmatmul, "x [T, K] @ dequantize(blocks)^T from GGML block bytes");
+  m.def("qmatmul", &qmatmul, "x [T, K] @ dequantize(blocks)^T from GGML block bytes (int8: 8-bit activations)");
   m.def("qmatmul_stacked", &qmatmul_stacked, "x [T, K] @ [W_1; W_2; ...]^T, one output [T, sum N_i]");
+  m.def("fake_quantize", &fake_quantize, "x [T, K] -> the 8-bit activations of the integer path, as floats");
+  m.def("int8_formats", &int8_formats, "GGML types with an integer path on this build");
   m.def("dequantize", &dequantize, "GGML block bytes [N, row_bytes] -> float32 [N, K]");
 }

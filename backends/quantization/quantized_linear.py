@@ -5,27 +5,33 @@
     rows = QuantizedEmbedding(matrix)(ids)  # decodes only the rows of `ids`
 
 The weights are the GGUF file's own block bytes (a view of its memory map where no rows are
-reordered), so the engine's weight memory is the file size. Products run in float32:
+reordered), so the engine's weight memory is the file size. Three product paths:
 
-- T <= KERNEL_MAX_TOKENS: kernel_qmatmul.cpp decodes each weight row once into L1 and
-  multiplies it with every token (memory-bound at batch 1, which is what decode is).
-- larger T (prefill chunks, big decode batches): the weight is decoded to float32 in tiles of
-  TILE_BYTES and multiplied with torch's GEMM, which out-computes the kernel's dot products
-  once enough tokens share each decoded tile.
+- integer path (CPUs with AVX512-VNNI, every format but Q2_K/Q3_K), at every batch size:
+  activations are rounded to 8 bits per 32 values, as llama.cpp does, and multiplied with the
+  weights' integer codes (kernel_int8.h). Each output is computed by the same instructions
+  whatever the batch, so batching never changes a request's tokens. Single-thread CPU time on
+  the 2-core EPYC (2026-12-07, busy machine), integer path / float kernel at T=1 and integer
+  path / dequantize + GEMM at larger T:
 
-Measured on this project's 2-core AVX-512 EPYC (single-thread CPU time in ms, one run on a
-busy machine; kernel / dequantize + GEMM):
+    whole model at T=1 (all matrices)   SmolLM2 11.5 / 14.5 ms   Gemma 22.4 / 34.7 ms
+    SmolLM2 Q4_1 3072x576               T=16 0.83/0.78   T=64 3.2/2.8   T=512 30/20
+    Gemma Q5_0 4096x640                 T=16 1.28/1.28   T=64 4.8/4.9   T=512 40/39
+    Gemma Q8_0 16384x640                T=16 5.8/5.8     T=64 20/19     T=512 183/163
+    Gemma Q4_K 640x2048                 T=16 0.62/0.62   T=64 2.2/2.4   T=512 21/17
+
+- float kernel (T <= KERNEL_MAX_TOKENS, without VNNI): kernel_qmatmul.cpp decodes each weight
+  row to float32 once in L1 and multiplies it with every token, bit-identical to dequantize().
+- larger T without VNNI: the weight is decoded to float32 in tiles of TILE_BYTES and
+  multiplied with torch's GEMM. Float kernel / dequantize + GEMM, single-thread ms (EPYC):
 
     Gemma Q5_0 2048x640    T=1 0.2/1.9   T=8 0.6/1.1   T=16 1.4/0.9   T=32 2.6/2.2   T=64 4.9/4.0
-    Gemma Q6_K 640x2048    T=1 0.2/0.5   T=8 0.8/1.3   T=16 1.6/1.4   T=32 2.9/2.0   T=64 5.4/3.8
     Gemma Q4_K 640x2048    T=1 0.2/0.8   T=8 0.8/1.2   T=16 1.4/1.5   T=32 2.5/2.0   T=64 4.4/2.6
-    Gemma Q8_0 16384x640   T=1 1.0/35    T=8 4.6/41    T=16 9.5/44    T=32 19/54     T=64 35/67
     SmolLM2 Q4_1 1536x576  T=1 0.1/2.0   T=8 0.3/0.9   T=16 0.9/0.9   T=32 1.8/1.2   T=64 3.5/2.3
 
-so the kernel runs up to 16 tokens. (Decoding a big tile costs fresh pages each call, hence the
-Q8_0 row; the LM head of a decode step only sees the sampled rows, so it is within 16 anyway.) `bench/bench_kquant.py --kernels` prints this table for a model.
-Without a C++ compiler (kernel_cpu.available() is False), or for formats the kernel does not
-decode (Q2_K, Q3_K), both paths use the torch dequantizers tile by tile.
+`bench/bench_kquant.py --kernels` prints the kernel-vs-GEMM table for a model.
+Without a C++ compiler (kernel_cpu.available() is False), or for formats the kernels do not
+decode (Q2_K, Q3_K), products use the torch dequantizers tile by tile.
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ class BlockMatrix:
         self.ggml_type = ggml_type
         self.rows, self.cols = rows, cols
         self.use_kernel = ggml_type in kernel_cpu.KERNEL_FORMATS and kernel_cpu.available()
+        # The integer path runs at every batch size: each output is computed by the same
+        # instructions whatever the batch, so a request's tokens never depend on its neighbours
+        # (8-bit rounding would amplify a float GEMM's different summation order).
+        self.int8 = self.use_kernel and int(ggml_type) in kernel_cpu.int8_formats()
 
     @property
     def parts(self) -> list["BlockMatrix"]:
@@ -79,8 +89,8 @@ class BlockMatrix:
 
     def times(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [T, cols] @ W^T -> float32 [T, rows]."""
-        if self.use_kernel and x.shape[0] <= KERNEL_MAX_TOKENS:
-            return kernel_cpu.qmatmul(x, self.blocks, self.ggml_type, self.cols)
+        if self.int8 or (self.use_kernel and x.shape[0] <= KERNEL_MAX_TOKENS):
+            return kernel_cpu.qmatmul(x, self.blocks, self.ggml_type, self.cols, self.int8)
         tile = max(1, TILE_BYTES // (4 * self.cols))
         if tile >= self.rows:
             return F.linear(x, self.decode(self.blocks))
@@ -108,12 +118,13 @@ class StackedBlockMatrices:
         self.rows, self.cols = sum(p.rows for p in parts), parts[0].cols
         self.ggml_type = parts[0].ggml_type if len({p.ggml_type for p in parts}) == 1 else None
         self.use_kernel = all(p.use_kernel for p in parts)
+        self.int8 = all(p.int8 for p in parts)
+        self._blocks, self._types = [p.blocks for p in parts], [int(p.ggml_type) for p in parts]
 
     def times(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [T, cols] @ [W_1; W_2; ...]^T -> float32 [T, rows] (parts' outputs side by side)."""
-        if self.use_kernel and x.shape[0] <= KERNEL_MAX_TOKENS:
-            return kernel_cpu.qmatmul_stacked(x, [p.blocks for p in self.parts],
-                                              [p.ggml_type for p in self.parts], self.cols)
+        if self.int8 or (self.use_kernel and x.shape[0] <= KERNEL_MAX_TOKENS):
+            return kernel_cpu.qmatmul_stacked(x, self._blocks, self._types, self.cols, self.int8)
         out = torch.empty(x.shape[0], self.rows, dtype=torch.float32)
         column = 0
         for part in self.parts:
