@@ -215,7 +215,9 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--concurrent", type=int, default=16)
     parser.add_argument("--sequential", type=int, default=4, help="llama-cpp-python requests served back to back")
-    parser.add_argument("--llama-server", help="path to a llama-server binary (16 slots, continuous batching)")
+    parser.add_argument("--llama-server", default=os.environ.get("ROUTEGATE_LLAMA_SERVER"),
+                        help="path to a llama-server binary (16 slots, continuous batching); "
+                             "default: $ROUTEGATE_LLAMA_SERVER (so `make bench` can pass it)")
     parser.add_argument("--kernels", action="store_true", help="only the kernel-vs-GEMM table per batch size")
     args = parser.parse_args()
     torch.set_num_threads(2)
