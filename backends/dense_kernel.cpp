@@ -25,15 +25,11 @@
 
 namespace {
 
-#ifndef DK_PREFETCH
-#define DK_PREFETCH 4096
-#endif
-#ifndef DK_HINT
-#define DK_HINT _MM_HINT_T0
-#endif
 constexpr int64_t ROWS = 4;    // weight rows per block
 constexpr int64_t TOKENS = 4;  // tokens per pass over a block (ROWS * TOKENS accumulators)
-constexpr int64_t PREFETCH_BYTES = DK_PREFETCH;  // how far ahead of the loads each row is prefetched
+// How far ahead of its loads each row is prefetched: 4 KiB was a few % ahead of 0, 256 B and 1 KiB
+// at 8 tokens and level at 1 (the hardware prefetcher already follows each row).
+constexpr int64_t PREFETCH_BYTES = 4096;
 
 inline float bf16_to_float(uint16_t v) {
   const uint32_t bits = static_cast<uint32_t>(v) << 16;
@@ -107,7 +103,8 @@ inline void block_dots(const typename Tr::scalar_t* w, const typename Tr::scalar
   for (int64_t k = 0; k < full; k += L) {
     __m512i wv[R];
     for (int r = 0; r < R; ++r) {
-      if (PREFETCH_BYTES > 0 && prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + AHEAD), DK_HINT);
+      // A prefetch past the matrix's end is harmless: prefetches never fault.
+      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + AHEAD), _MM_HINT_T0);
       wv[r] = Tr::load(w + r * K + k);
     }
     for (int t = 0; t < NT; ++t) {
