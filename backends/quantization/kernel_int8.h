@@ -215,20 +215,29 @@ inline void dot_int8(const uint8_t* u, const float* sw, const float* ow, const Q
   const int64_t K = a.K, Kp = a.Kp, groups = K / 16;
   // Lane i of a 64-value chunk sums values 4i..4i+3: group i / 4 of the chunk's four.
   const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  __m512 acc[TB];
-  for (int t = 0; t < TB; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < Kp / 64; ++c) {
+  // Two accumulators per token (even and odd chunks): one FMA chain would wait on its own
+  // latency every chunk.
+  __m512 acc[2][TB];
+  for (int t = 0; t < TB; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+  auto chunk = [&](int64_t c, __m512* out) __attribute__((always_inline)) {
     const __m512i w = _mm512_loadu_si512(u + 64 * c);
     // Groups past K (the zero tail of a K % 64 == 32 row) read sw's padding: multiplied by 0.
     const __m512 ws = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(sw + 4 * c)));
 #pragma GCC unroll 8
     for (int t = 0; t < TB; ++t) {
-      const int64_t tk = (t0 + t);
+      const int64_t tk = t0 + t;
       const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(a.q + tk * Kp + 64 * c));
       const __m512 s = _mm512_mul_ps(ws, _mm512_loadu_ps(a.sv + tk * (Kp / 4) + 16 * c));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc[t]);
+      out[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, out[t]);
     }
+  };
+  const int64_t chunks = Kp / 64;
+  int64_t c = 0;
+  for (; c + 2 <= chunks; c += 2) {
+    chunk(c, acc[0]);
+    chunk(c + 1, acc[1]);
   }
+  if (c < chunks) chunk(c, acc[0]);
   for (int t = 0; t < TB; ++t) {
     const float* sums = a.sums + (t0 + t) * groups;
     __m512 o = _mm512_setzero_ps();
@@ -236,7 +245,7 @@ inline void dot_int8(const uint8_t* u, const float* sw, const float* ow, const Q
     for (; g + 16 <= groups; g += 16) o = _mm512_fmadd_ps(_mm512_loadu_ps(ow + g), _mm512_loadu_ps(sums + g), o);
     float tail = 0.0f;
     for (; g < groups; ++g) tail += ow[g] * sums[g];
-    y[t * N] = _mm512_reduce_add_ps(acc[t]) + _mm512_reduce_add_ps(o) + tail;
+    y[t * N] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][t], acc[1][t])) + _mm512_reduce_add_ps(o) + tail;
   }
 }
 
