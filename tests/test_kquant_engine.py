@@ -226,16 +226,27 @@ def test_kquant_greedy_equals_full_precision_greedy(engines):
 
 
 def test_integer_path_greedy_is_the_same_alone_and_batched(engines):
-    """8-bit activations: a request's tokens do not depend on what it is batched with, and
-    they stay close to the float path's (the same first tokens)."""
+    """8-bit activations: a request's tokens do not depend on what it is batched with."""
     name, made = engines
     kquant = made["kquant"]
     prompts = [kquant.tokenizer.encode(p) for p in PROMPTS]
     alone = [kquant.generate(ids, GREEDY) for ids in prompts]
     assert _batched(kquant, prompts) == alone
+
+
+def test_integer_path_logits_stay_close_to_the_float_path(engines):
+    """Teacher-forced on a text, 8-bit activations move the logits by a small fraction of their
+    range and rarely change the top token."""
+    name, made = engines
+    kquant = made["kquant"]
+    text = open(os.path.join(os.path.dirname(__file__), "fixtures", "fidelity_text.txt")).read()
+    ids = kquant.tokenizer.encode(text)[:128]
+    ours = kquant.score(ids)
     with float_activations(kquant):
-        floats = [kquant.generate(ids, GREEDY) for ids in prompts]
-    assert [a[:4] for a in alone] == [f[:4] for f in floats]
+        floats = kquant.score(ids)
+    spread = floats.max(dim=1).values - floats.min(dim=1).values
+    assert float(((ours - floats).abs().max(dim=1).values / spread).max()) < 0.05
+    assert float((ours.argmax(1) == floats.argmax(1)).float().mean()) >= 0.9
 
 
 def test_kquant_weights_are_views_of_the_file(engines):
