@@ -1,4 +1,10 @@
-"""Weights of the full-precision engine: every matrix dequantized to float32 or bfloat16."""
+"""Weights of the full-precision engine: every matrix dequantized to float32 or bfloat16.
+
+DenseLinear multiplies up to KERNEL_MAX_TOKENS tokens with dense_kernel.cpp (decode: memory-bound,
+and the kernel reads each weight byte once per call) and more with F.linear (prefill: torch's GEMM
+out-computes it); the measurements behind the threshold are in dense_kernel.py. Constructing the
+first DenseLinear builds the extension, so the engine pays for it at load, not in a request.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backends import dense_kernel
 from backends.checkpoint import Checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+KERNEL_MAX_TOKENS = 16  # tokens per product up to which dense_kernel beats F.linear (dense_kernel.py)
 
 
 def stacked_bias(checkpoint: Checkpoint, names: list[str], rows: list[int],
@@ -28,9 +36,16 @@ class DenseLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        # Decided once (building the extension on first use), not per call on the decode path.
+        self.use_kernel = (weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous()
+                           and weight.device.type == "cpu" and dense_kernel.available())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+        x = x.to(self.weight.dtype)
+        if self.use_kernel and 0 < x.numel() <= KERNEL_MAX_TOKENS * x.shape[-1]:  # <= that many tokens
+            rows = x.reshape(-1, x.shape[-1])
+            return dense_kernel.linear(rows, self.weight, self.bias).view(*x.shape[:-1], -1)
+        return F.linear(x, self.weight, self.bias)
 
 
 class DenseEmbedding(nn.Module):
