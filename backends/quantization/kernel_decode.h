@@ -13,7 +13,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -40,12 +40,19 @@ inline float fp16_at(const uint8_t* p) {
 #endif
 }
 
-#ifdef __AVX512F__
-// Sixteen bytes -> sixteen int32 lanes, and nibble helpers for the 4-bit formats.
-inline __m512i u8_to_i32(__m128i v) { return _mm512_cvtepu8_epi32(v); }
+#if defined(__AVX2__) || defined(__AVX512F__)
+// Nibble helpers for the 4-bit formats (16 or 32 bytes at a time).
 inline __m128i lo4(__m128i v) { return _mm_and_si128(v, _mm_set1_epi8(15)); }
 inline __m128i hi4(__m128i v) { return _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(15)); }
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m256i lo4(__m256i v) { return _mm256_and_si256(v, _mm256_set1_epi8(15)); }
+inline __m256i hi4(__m256i v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)); }
+inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+#endif
+
+#ifdef __AVX512F__
+// Sixteen bytes -> sixteen int32 lanes.
+inline __m512i u8_to_i32(__m128i v) { return _mm512_cvtepu8_epi32(v); }
 inline __m512 to_ps(__m512i v) { return _mm512_cvtepi32_ps(v); }
 #endif
 

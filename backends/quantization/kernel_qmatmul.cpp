@@ -40,24 +40,24 @@ void with_format(int64_t ggml_type, F&& f) {
 }
 
 #ifdef RG_INT8_DOT
-// The integer-path decoder of one GGML type (kernel_int8.h).
+// The integer-path decoder of one GGML type (kernel_int8.h), and whether its codes are signed.
 template <typename F>
 void with_int8_format(int64_t ggml_type, F&& f) {
   switch (ggml_type) {
-    case 2: return f.template operator()<int8_q4_0, 32, 18>();
-    case 3: return f.template operator()<int8_q4_1, 32, 20>();
-    case 6: return f.template operator()<int8_q5_0, 32, 22>();
-    case 7: return f.template operator()<int8_q5_1, 32, 24>();
-    case 8: return f.template operator()<int8_q8_0, 32, 34>();
-    case 12: return f.template operator()<int8_q4_k, 256, 144>();
-    case 13: return f.template operator()<int8_q5_k, 256, 176>();
-    case 14: return f.template operator()<int8_q6_k, 256, 210>();
+    case 2: return f.template operator()<int8_q4_0, 32, 18, false>();
+    case 3: return f.template operator()<int8_q4_1, 32, 20, false>();
+    case 6: return f.template operator()<int8_q5_0, 32, 22, false>();
+    case 7: return f.template operator()<int8_q5_1, 32, 24, false>();
+    case 8: return f.template operator()<int8_q8_0, 32, 34, kSignedQ8>();
+    case 12: return f.template operator()<int8_q4_k, 256, 144, false>();
+    case 13: return f.template operator()<int8_q5_k, 256, 176, false>();
+    case 14: return f.template operator()<int8_q6_k, 256, 210, false>();
     default: TORCH_CHECK(false, "qmatmul: no integer path for GGML type ", ggml_type);
   }
 }
 #endif
 
-// The GGML types the integer path multiplies on this build (none without AVX512-VNNI).
+// The GGML types the integer path multiplies on this build (none without AVX2 or AVX512-VNNI).
 std::vector<int64_t> int8_formats() {
   if (!kInt8Dot) return {};
   return {2, 3, 6, 7, 8, 12, 13, 14};
@@ -105,18 +105,18 @@ torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, 
 #ifdef RG_INT8_DOT
   if (int8) {
     Q8Buffers acts(x.data_ptr<float>(), T, K);
-    with_int8_format(ggml_type, [&]<Int8Decoder DECODE, int BS, int TS>() {
+    with_int8_format(ggml_type, [&]<Int8Decoder DECODE, int BS, int TS, bool SIGNED>() {
       check_blocks(blocks, BS, TS, K);
       const uint8_t* wp = blocks.data_ptr<uint8_t>();
       float* yp = y.data_ptr<float>();
       at::parallel_for(0, N, std::max<int64_t>(1, (1 << 16) / K), [&](int64_t n0, int64_t n1) {
-        rg::rows_times_q8<DECODE, BS, TS>(acts.acts, T, wp, yp, N, n0, n1);
+        rg::rows_times_q8<DECODE, BS, TS, SIGNED>(acts.acts, T, wp, yp, N, n0, n1);
       });
     });
     return y;
   }
 #else
-  TORCH_CHECK(!int8, "qmatmul: this build has no integer path (needs AVX512-VNNI)");
+  TORCH_CHECK(!int8, "qmatmul: this build has no integer path (needs AVX2 or AVX512-VNNI)");
 #endif
   with_format(ggml_type, [&]<Decoder DECODE, int BS, int TS>() {
     check_blocks(blocks, BS, TS, K);
@@ -159,15 +159,15 @@ torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
         const int64_t lo = std::max(n0, first[p]), hi = std::min(n1, first[p + 1]);
         if (lo >= hi) continue;
         const uint8_t* wp = parts[p].data_ptr<uint8_t>();
-        with_int8_format(ggml_types[p], [&]<Int8Decoder DECODE, int BS, int TS>() {
-          rg::rows_times_q8<DECODE, BS, TS>(acts.acts, T, wp, yp + first[p], N, lo - first[p], hi - first[p]);
+        with_int8_format(ggml_types[p], [&]<Int8Decoder DECODE, int BS, int TS, bool SIGNED>() {
+          rg::rows_times_q8<DECODE, BS, TS, SIGNED>(acts.acts, T, wp, yp + first[p], N, lo - first[p], hi - first[p]);
         });
       }
     });
     return y;
   }
 #else
-  TORCH_CHECK(!int8, "qmatmul_stacked: this build has no integer path (needs AVX512-VNNI)");
+  TORCH_CHECK(!int8, "qmatmul_stacked: this build has no integer path (needs AVX2 or AVX512-VNNI)");
 #endif
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t p = 0; p < P; ++p) {
