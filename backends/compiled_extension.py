@@ -19,9 +19,13 @@ import platform
 import threading
 from types import ModuleType
 
-# -march=native: AVX-512 where the CPU has it; -fopenmp: at::parallel_for runs on torch's own
-# OpenMP pool (the same libgomp.so.1 soname).
+# -march=native: AVX-512 or AVX2 code for the CPU it runs on; -fopenmp: at::parallel_for runs on
+# torch's own OpenMP pool (the same libgomp.so.1 soname).
 BASE_CFLAGS = ("-O3", "-march=native", "-std=c++20", "-fopenmp", "-mprefer-vector-width=512")
+# The lean torch header every kernel includes (torch_ext.h says why it is not torch/extension.h).
+TORCH_EXT_HEADER = os.path.join(os.path.dirname(__file__), "torch_ext.h")
+# Every extension constructed so far, for build_all().
+_REGISTRY: list["CompiledExtension"] = []
 
 
 class CompiledExtension:
@@ -29,12 +33,13 @@ class CompiledExtension:
                  extra_cflags: list[str] = ()) -> None:
         self.prefix = prefix
         self.sources = list(sources)
-        self.headers = list(headers)
+        self.headers = [*headers, TORCH_EXT_HEADER]
         self.cflags = [*BASE_CFLAGS, *extra_cflags]
         self._lock = threading.Lock()
         self._module: ModuleType | None = None
         self._error: str | None = None
         self._tried = False
+        _REGISTRY.append(self)
 
     def build_name(self) -> str:
         """Extension name keyed by every source and header, the flags and the CPU's features.
@@ -101,3 +106,19 @@ class CompiledExtension:
         if module is None:
             raise RuntimeError(f"the compiled {self.prefix} extension is not available: {self._error}")
         return module
+
+
+def build_all() -> dict[str, str | None]:
+    """Build every kernel of the engines at once, one compiler per core, instead of one after
+    another on first use (four builds of ~25 s each on two cores); returns each extension's
+    build error (None when it loaded). Callers: engine loading and the test session."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Importing the kernel modules constructs (registers) their extensions.
+    from backends import dense_kernel, fused_ops, sampling_kernel  # noqa: F401
+    from backends.quantization import kernel_cpu  # noqa: F401
+
+    pending = [e for e in _REGISTRY if not e._tried]
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda e: e.available(), pending))  # the builds run in ninja subprocesses
+    return {e.prefix: e.build_error() for e in _REGISTRY}

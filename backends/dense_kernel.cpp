@@ -13,8 +13,7 @@
 // Rows are split between threads by at::parallel_for, in chunks of at least grain_bytes of weight,
 // so a small matrix is not split when waking a second thread costs more than it saves.
 
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "torch_ext.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -252,7 +251,7 @@ void run(const In* x, const In* w, const float* bias, Out* y, int64_t T, int64_t
   });
 }
 
-torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& w, const std::optional<torch::Tensor>& bias_in,
+at::Tensor linear(const at::Tensor& x_in, const at::Tensor& w, const std::optional<at::Tensor>& bias_in,
                      int64_t grain_bytes) {
   TORCH_CHECK(x_in.device().is_cpu() && w.device().is_cpu(), "dense_kernel.linear runs on the CPU");
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "W must be a contiguous [N, K] matrix");
@@ -261,13 +260,13 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& w, const st
   TORCH_CHECK(x_in.scalar_type() == w.scalar_type(), "x must have W's dtype");
   const int64_t T = x_in.size(0), N = w.size(0), K = w.size(1);
   const auto x = x_in.contiguous();
-  torch::Tensor bias;  // float32, so the kernel adds it to the float32 sums
+  at::Tensor bias;  // float32, so the kernel adds it to the float32 sums
   if (bias_in.has_value() && bias_in->defined()) {
     TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, "bias must be [N]");
     bias = bias_in->to(at::kFloat).contiguous();
   }
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  auto y = torch::empty({T, N}, w.options());
+  auto y = at::empty({T, N}, w.options());
   if (T == 0 || N == 0) return y;
   if (w.scalar_type() == at::kBFloat16) {
     run(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),

@@ -16,8 +16,7 @@
 // rounded here at the same point, so bfloat16 results follow the same rounding steps.
 // Compiled by fused_ops.py with -O3 -march=native (see compiled_extension.py).
 
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "torch_ext.h"
 
 #include <algorithm>
 #include <cmath>
@@ -35,14 +34,14 @@ template <typename T>
 inline float rounded(float v) { return static_cast<float>(static_cast<T>(v)); }
 
 // f(float{}) or f(BFloat16{}) by the activation dtype of t.
-void dispatch(const torch::Tensor& t, const char* what, auto&& f) {
-  if (t.scalar_type() == torch::kFloat32) return f(float{});
-  if (t.scalar_type() == torch::kBFloat16) return f(BFloat16{});
+void dispatch(const at::Tensor& t, const char* what, auto&& f) {
+  if (t.scalar_type() == at::kFloat) return f(float{});
+  if (t.scalar_type() == at::kBFloat16) return f(BFloat16{});
   TORCH_CHECK(false, what, ": activations must be float32 or bfloat16, got ", t.scalar_type());
 }
 
-inline void check_vector(const torch::Tensor& w, int64_t n, const char* what) {
-  TORCH_CHECK(w.scalar_type() == torch::kFloat32 && w.dim() == 1 && w.size(0) == n && w.is_contiguous(),
+inline void check_vector(const at::Tensor& w, int64_t n, const char* what) {
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 1 && w.size(0) == n && w.is_contiguous(),
               what, " must be a contiguous float32 vector of ", n);
 }
 
@@ -71,12 +70,12 @@ inline void store(const float* src, int64_t n, T* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   TORCH_CHECK(x.dim() >= 1, "rms_norm: x must have at least one dimension");
   x = x.contiguous();
   const int64_t n = x.size(-1), rows = x.numel() / std::max<int64_t>(n, 1);
   check_vector(w, n, "rms_norm weight");
-  auto out = torch::empty_like(x);
+  auto out = at::empty_like(x);
   dispatch(x, "rms_norm", [&]<typename T>(T) {
     const T* xp = x.data_ptr<T>();
     T* op = out.data_ptr<T>();
@@ -90,8 +89,8 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   return out;
 }
 
-torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, c10::optional<torch::Tensor> delta_w,
-                            torch::Tensor w, double eps) {
+at::Tensor add_rms_norm_(at::Tensor x, at::Tensor delta, c10::optional<at::Tensor> delta_w,
+                            at::Tensor w, double eps) {
   TORCH_CHECK(x.is_contiguous() && x.dim() == 2, "add_rms_norm_: x must be a contiguous [T, N] tensor");
   TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type(),
               "add_rms_norm_: delta must match x in shape and dtype");
@@ -99,7 +98,7 @@ torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, c10::optional<
   const int64_t rows = x.size(0), n = x.size(1);
   check_vector(w, n, "add_rms_norm_ weight");
   if (delta_w) check_vector(*delta_w, n, "add_rms_norm_ delta weight");
-  auto out = torch::empty_like(x);
+  auto out = at::empty_like(x);
   const float e = static_cast<float>(eps);
   dispatch(x, "add_rms_norm_", [&]<typename T>(T) {
     T* xp = x.data_ptr<T>();
@@ -126,19 +125,19 @@ inline void rope(const float* x, const float* cos, const float* sin, int64_t D, 
   for (int64_t i = half; i < D; ++i) y[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
-void rope_write_kv_(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos, torch::Tensor sin,
-                    c10::optional<torch::Tensor> q_w, c10::optional<torch::Tensor> k_w, double eps,
-                    torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor write_blocks,
-                    torch::Tensor write_offsets, int64_t num_heads, int64_t num_kv_heads) {
+void rope_write_kv_(at::Tensor qkv, at::Tensor positions, at::Tensor cos, at::Tensor sin,
+                    c10::optional<at::Tensor> q_w, c10::optional<at::Tensor> k_w, double eps,
+                    at::Tensor k_cache, at::Tensor v_cache, at::Tensor write_blocks,
+                    at::Tensor write_offsets, int64_t num_heads, int64_t num_kv_heads) {
   TORCH_CHECK(qkv.dim() == 3 && qkv.is_contiguous(), "rope_write_kv_: qkv must be a contiguous [T, heads, D] tensor");
   const int64_t num_tokens = qkv.size(0), D = qkv.size(2);
   TORCH_CHECK(qkv.size(1) == num_heads + 2 * num_kv_heads, "rope_write_kv_: qkv has ", qkv.size(1),
               " heads, expected ", num_heads + 2 * num_kv_heads);
   TORCH_CHECK(D % 2 == 0, "rope_write_kv_: head_dim must be even");
   for (const auto* t : {&positions, &write_blocks, &write_offsets})
-    TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->dim() == 1 && t->size(0) == num_tokens && t->is_contiguous(),
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->dim() == 1 && t->size(0) == num_tokens && t->is_contiguous(),
                 "rope_write_kv_: positions and write slots must be contiguous int64 [T]");
-  TORCH_CHECK(cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 && cos.is_contiguous() &&
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
                   sin.is_contiguous() && cos.dim() == 2 && cos.size(1) == D && sin.sizes() == cos.sizes(),
               "rope_write_kv_: cos/sin must be contiguous float32 [positions, head_dim]");
   for (const auto* c : {&k_cache, &v_cache}) {
@@ -186,8 +185,8 @@ void rope_write_kv_(torch::Tensor qkv, torch::Tensor positions, torch::Tensor co
   });
 }
 
-torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                               torch::Tensor tables, torch::Tensor context_lens, double scale,
+at::Tensor decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                               at::Tensor tables, at::Tensor context_lens, double scale,
                                int64_t window) {
   TORCH_CHECK(q.dim() == 3, "decode_attention: q must be [B, heads, D]");
   q = q.contiguous();
@@ -197,9 +196,9 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
     TORCH_CHECK(c->dim() == 4 && c->size(3) == D && c->stride(3) == 1 && c->stride(2) == D &&
                     c->scalar_type() == q.scalar_type(),
                 "decode_attention: caches must be [blocks, block_size, kv_heads, D] of q's dtype");
-  TORCH_CHECK(tables.scalar_type() == torch::kInt64 && tables.dim() == 2 && tables.size(0) == B &&
+  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.dim() == 2 && tables.size(0) == B &&
                   tables.is_contiguous(), "decode_attention: tables must be contiguous int64 [B, width]");
-  TORCH_CHECK(context_lens.scalar_type() == torch::kInt64 && context_lens.numel() == B &&
+  TORCH_CHECK(context_lens.scalar_type() == at::kLong && context_lens.numel() == B &&
                   context_lens.is_contiguous(), "decode_attention: context_lens must be int64 [B]");
   const int64_t block_size = k_cache.size(1), width = tables.size(1), num_blocks = k_cache.size(0);
   const int64_t* tab = tables.data_ptr<int64_t>();
@@ -212,7 +211,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
       TORCH_CHECK(tab[b * width + j] >= 0 && tab[b * width + j] < num_blocks, "decode_attention: block out of range");
     work += lens[b];
   }
-  auto out = torch::empty_like(q);
+  auto out = at::empty_like(q);
   const float sc = static_cast<float>(scale);
   dispatch(q, "decode_attention", [&]<typename T>(T) {
     const T* qp = q.data_ptr<T>();

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from backends import bundled_models, models, sampling_kernel
+from backends import bundled_models, compiled_extension, models
 from backends.checkpoint import Checkpoint, GGUFCheckpoint, open_checkpoint
 from backends.dense_weights import DTYPES, DenseWeights
 from backends.engine import Engine
@@ -42,6 +42,9 @@ def load_engines(configs: list[EngineConfig], kv_cache_bytes: int | None = None,
     if len(set(names)) != len(names):
         raise ValueError(f"backend names must be unique, got {names}")
     started = time.perf_counter()
+    # Every compiled kernel at once (in parallel, when not yet built), not one by one inside
+    # model construction or the first request's step.
+    compiled_extension.build_all()
     checkpoints = [open_checkpoint(resolve_model_path(c.model)) for c in configs]
     layouts = [KVLayout.of(ck.config, DTYPES[c.dtype]) for c, ck in zip(configs, checkpoints)]
     pool = KVPool(layouts, kv_cache_bytes or default_kv_cache_bytes())
@@ -72,6 +75,4 @@ def _build(config: EngineConfig, checkpoint: Checkpoint, layout: KVLayout, pool:
     model_class = models.MODEL_CLASSES[checkpoint.config.architecture]
     max_len = min(config.max_model_len, checkpoint.config.max_position_embeddings)
     model = model_class(checkpoint.config, weights, max_positions=max_len).eval()
-    # Build (or load) the compiled sampler now, not inside the first request's step.
-    sampling_kernel.available()
     return Engine(config, checkpoint.config, model, tokenizer, pool, layout, checkpoint.fingerprint, tier)

@@ -19,8 +19,7 @@
 // within float rounding of a boundary of the kept set or of a CDF interval. Ties at a cut keep the
 // lower token ids.
 
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "torch_ext.h"
 
 #include <algorithm>
 #include <atomic>
@@ -499,16 +498,16 @@ void untruncated_row(const RowMath& rm, float min_p, double u, int64_t num_logpr
   }
 }
 
-std::vector<torch::Tensor> sample_rows(torch::Tensor logits, torch::Tensor fparams, torch::Tensor iparams,
+std::vector<at::Tensor> sample_rows(at::Tensor logits, at::Tensor fparams, at::Tensor iparams,
                                        std::vector<double> poly, double min_entropy, int64_t candidate_blocks,
                                        int64_t max_block_top_k) {
-  TORCH_CHECK(logits.dtype() == torch::kFloat32 && logits.dim() == 2 && logits.is_contiguous() &&
+  TORCH_CHECK(logits.dtype() == at::kFloat && logits.dim() == 2 && logits.is_contiguous() &&
               logits.device().is_cpu(), "logits must be contiguous float32 [B, V] on the CPU");
   const int64_t B = logits.size(0), V = logits.size(1);
   TORCH_CHECK(V > 0 && V < (int64_t{1} << 31), "vocabulary size out of range: ", V);
-  TORCH_CHECK(fparams.dtype() == torch::kFloat64 && fparams.sizes() == torch::IntArrayRef({B, 4}) &&
+  TORCH_CHECK(fparams.dtype() == at::kDouble && fparams.sizes() == at::IntArrayRef({B, 4}) &&
               fparams.is_contiguous(), "fparams must be contiguous float64 [B, 4]");
-  TORCH_CHECK(iparams.dtype() == torch::kInt64 && iparams.sizes() == torch::IntArrayRef({B, 3}) &&
+  TORCH_CHECK(iparams.dtype() == at::kLong && iparams.sizes() == at::IntArrayRef({B, 3}) &&
               iparams.is_contiguous(), "iparams must be contiguous int64 [B, 3]");
   // candidate_blocks = 0 (top-p) and max_block_top_k = 0 (top-k) send every such row to the histogram (tests).
   TORCH_CHECK(candidate_blocks >= 0 && max_block_top_k >= 0, "candidate_blocks and max_block_top_k must be >= 0");
@@ -516,10 +515,10 @@ std::vector<torch::Tensor> sample_rows(torch::Tensor logits, torch::Tensor fpara
   const int64_t* ip = iparams.data_ptr<int64_t>();
   int64_t num_top = 0;
   for (int64_t r = 0; r < B; ++r) num_top = std::max(num_top, std::min(ip[r * 3 + 2], V));
-  auto token_ids = torch::empty({B}, torch::kInt64);
-  auto logprobs = torch::empty({B}, torch::kFloat64);
-  auto top_ids = torch::full({B, num_top}, -1, torch::kInt64);
-  auto top_lps = torch::full({B, num_top}, -std::numeric_limits<double>::infinity(), torch::kFloat64);
+  auto token_ids = at::empty({B}, at::kLong);
+  auto logprobs = at::empty({B}, at::kDouble);
+  auto top_ids = at::full({B, num_top}, -1, at::kLong);
+  auto top_lps = at::full({B, num_top}, -std::numeric_limits<double>::infinity(), at::kDouble);
   const float* xp = logits.data_ptr<float>();
   int64_t* tp = token_ids.data_ptr<int64_t>();
   double* lp = logprobs.data_ptr<double>();

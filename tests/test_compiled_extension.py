@@ -6,13 +6,14 @@ import os
 import threading
 
 import pytest
-import torch
 
 from backends.compiled_extension import CompiledExtension
 
+# pybind11 alone: a real extension build through torch's loader, seconds instead of the ~50 s
+# that parsing torch's headers costs on two cores.
 SOURCE = """
-#include <torch/extension.h>
-torch::Tensor twice(torch::Tensor x) { return x * 2; }
+#include <pybind11/pybind11.h>
+double twice(double x) { return 2 * x; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("twice", &twice); }
 """
 
@@ -41,7 +42,7 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(extension):
     threading.Thread(target=load, daemon=True).start()
     assert done.wait(300), "the build hung on the stale lock file"
     assert result["ok"], extension.build_error()
-    assert extension.module().twice(torch.tensor([1.0, 2.5])).tolist() == [2.0, 5.0]
+    assert extension.module().twice(2.5) == 5.0
 
 
 def test_no_kernels_env_forces_the_fallback(extension, monkeypatch):

@@ -26,7 +26,7 @@ KERNEL_FORMATS = frozenset({_T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q8_0, _T.Q4_K
 
 _HERE = os.path.dirname(__file__)
 _EXTENSION = CompiledExtension("routegate_kernel_qmatmul", [os.path.join(_HERE, "kernel_qmatmul.cpp")],
-                               headers=[os.path.join(_HERE, "kernel_decode.h"), os.path.join(_HERE, "kernel_int8.h")])
+                               headers=[os.path.join(_HERE, h) for h in ("kernel_decode.h", "kernel_int8.h", "kernel_int8_avx2.h", "kernel_int8_avx512.h")])
 
 
 def available() -> bool:

@@ -12,8 +12,7 @@
 // Compiled by kernel_cpu.py with -O3 -march=native; the loops are written so that GCC
 // vectorizes them (16-float lanes, one AVX-512 register).
 
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "../torch_ext.h"
 
 #include "kernel_decode.h"
 #include "kernel_int8.h"
@@ -39,24 +38,6 @@ void with_format(int64_t ggml_type, F&& f) {
   }
 }
 
-#ifdef RG_INT8_DOT
-// The integer-path decoder of one GGML type (kernel_int8.h), and whether its codes are signed.
-template <typename F>
-void with_int8_format(int64_t ggml_type, F&& f) {
-  switch (ggml_type) {
-    case 2: return f.template operator()<int8_q4_0, 32, 18, false>();
-    case 3: return f.template operator()<int8_q4_1, 32, 20, false>();
-    case 6: return f.template operator()<int8_q5_0, 32, 22, false>();
-    case 7: return f.template operator()<int8_q5_1, 32, 24, false>();
-    case 8: return f.template operator()<int8_q8_0, 32, 34, kSignedQ8>();
-    case 12: return f.template operator()<int8_q4_k, 256, 144, false>();
-    case 13: return f.template operator()<int8_q5_k, 256, 176, false>();
-    case 14: return f.template operator()<int8_q6_k, 256, 210, false>();
-    default: TORCH_CHECK(false, "qmatmul: no integer path for GGML type ", ggml_type);
-  }
-}
-#endif
-
 // The GGML types the integer path multiplies on this build (none without AVX2 or AVX512-VNNI).
 std::vector<int64_t> int8_formats() {
   if (!kInt8Dot) return {};
@@ -78,39 +59,39 @@ struct Q8Buffers {
 
 // The activations the integer path multiplies, as floats (s * q): the float-GEMM path uses
 // these so that both paths compute the same products.
-torch::Tensor fake_quantize(torch::Tensor x) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be float32 [T, K]");
+at::Tensor fake_quantize(at::Tensor x) {
+  TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 2, "x must be float32 [T, K]");
   x = x.contiguous();
   const int64_t T = x.size(0), K = x.size(1), Kp = round_up_64(K);
   Q8Buffers b(x.data_ptr<float>(), T, K);
-  auto out = torch::empty({T, K}, x.options());
+  auto out = at::empty({T, K}, x.options());
   float* op = out.data_ptr<float>();
   for (int64_t t = 0; t < T; ++t)
     for (int64_t k = 0; k < K; ++k) op[t * K + k] = b.sv[t * Kp / 4 + k / 4] * float(b.q[t * Kp + k]);
   return out;
 }
 
-void check_blocks(const torch::Tensor& blocks, int64_t block_size, int64_t type_size, int64_t K) {
-  TORCH_CHECK(blocks.dtype() == torch::kUInt8 && blocks.dim() == 2 && blocks.is_contiguous(),
+void check_blocks(const at::Tensor& blocks, int64_t block_size, int64_t type_size, int64_t K) {
+  TORCH_CHECK(blocks.dtype() == at::kByte && blocks.dim() == 2 && blocks.is_contiguous(),
               "blocks must be contiguous uint8 [rows, row_bytes]");
   TORCH_CHECK(K > 0 && K % block_size == 0, "K=", K, " is not a multiple of ", block_size);
   TORCH_CHECK(blocks.size(1) == K / block_size * type_size, "row_bytes does not match K");
 }
 
-torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, int64_t K, bool int8) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
+at::Tensor qmatmul(at::Tensor x, at::Tensor blocks, int64_t ggml_type, int64_t K, bool int8) {
+  TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
   x = x.contiguous();
   const int64_t T = x.size(0), N = blocks.size(0);
-  auto y = torch::empty({T, N}, x.options());
+  auto y = at::empty({T, N}, x.options());
 #ifdef RG_INT8_DOT
   if (int8) {
     Q8Buffers acts(x.data_ptr<float>(), T, K);
-    with_int8_format(ggml_type, [&]<Int8Decoder DECODE, int BS, int TS, bool SIGNED>() {
-      check_blocks(blocks, BS, TS, K);
+    with_int8_format(ggml_type, [&]<typename Format>() {
+      check_blocks(blocks, Format::BS, Format::TS, K);
       const uint8_t* wp = blocks.data_ptr<uint8_t>();
       float* yp = y.data_ptr<float>();
       at::parallel_for(0, N, std::max<int64_t>(1, (1 << 16) / K), [&](int64_t n0, int64_t n1) {
-        rg::rows_times_q8<DECODE, BS, TS, SIGNED>(acts.acts, T, wp, yp, N, n0, n1);
+        Format::rows(acts.acts, T, wp, yp, N, n0, n1);
       });
     });
     return y;
@@ -135,9 +116,9 @@ torch::Tensor qmatmul(torch::Tensor x, torch::Tensor blocks, int64_t ggml_type, 
 // Several matrices sharing K, one output [T, sum N_i]: one parallel region (one wake-up of the
 // thread pool) for Q, K and V instead of three. Each output element is the same row-times-x
 // loop as qmatmul, so results are bit-identical to separate calls.
-torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
+at::Tensor qmatmul_stacked(at::Tensor x, std::vector<at::Tensor> parts,
                               std::vector<int64_t> ggml_types, int64_t K, bool int8) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
+  TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 2 && x.size(1) == K, "x must be float32 [T, K]");
   TORCH_CHECK(!parts.empty() && parts.size() == ggml_types.size(), "one GGML type per part");
   x = x.contiguous();
   const int64_t T = x.size(0), P = static_cast<int64_t>(parts.size());
@@ -147,7 +128,7 @@ torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
     first[p + 1] = first[p] + parts[p].size(0);
   }
   const int64_t N = first[P];
-  auto y = torch::empty({T, N}, x.options());
+  auto y = at::empty({T, N}, x.options());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / K);
@@ -159,8 +140,8 @@ torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
         const int64_t lo = std::max(n0, first[p]), hi = std::min(n1, first[p + 1]);
         if (lo >= hi) continue;
         const uint8_t* wp = parts[p].data_ptr<uint8_t>();
-        with_int8_format(ggml_types[p], [&]<Int8Decoder DECODE, int BS, int TS, bool SIGNED>() {
-          rg::rows_times_q8<DECODE, BS, TS, SIGNED>(acts.acts, T, wp, yp + first[p], N, lo - first[p], hi - first[p]);
+        with_int8_format(ggml_types[p], [&]<typename Format>() {
+          Format::rows(acts.acts, T, wp, yp + first[p], N, lo - first[p], hi - first[p]);
         });
       }
     });
@@ -182,9 +163,9 @@ torch::Tensor qmatmul_stacked(torch::Tensor x, std::vector<torch::Tensor> parts,
   return y;
 }
 
-torch::Tensor dequantize(torch::Tensor blocks, int64_t ggml_type, int64_t K) {
+at::Tensor dequantize(at::Tensor blocks, int64_t ggml_type, int64_t K) {
   const int64_t N = blocks.size(0);
-  auto out = torch::empty({N, K}, torch::dtype(torch::kFloat32));
+  auto out = at::empty({N, K}, at::TensorOptions().dtype(at::kFloat));
   with_format(ggml_type, [&]<Decoder DECODE, int BS, int TS>() {
     check_blocks(blocks, BS, TS, K);
     const int64_t num_blocks = K / BS, row_bytes = num_blocks * TS;
