@@ -40,8 +40,9 @@ def build_error() -> str | None:
 
 
 def int8_formats() -> frozenset[int]:
-    """GGML types whose products run on the integer path (8-bit activations, AVX512-VNNI dot
-    products; see kernel_int8.h): empty without the kernels or on CPUs without VNNI."""
+    """GGML types whose products run on the integer path (8-bit activations, integer dot
+    products: AVX512-VNNI or AVX2; see kernel_int8.h): empty without the kernels or on CPUs
+    with neither."""
     if not available():
         return frozenset()
     return frozenset(int(t) for t in _EXTENSION.module().int8_formats())

@@ -7,9 +7,10 @@
 The weights are the GGUF file's own block bytes (a view of its memory map where no rows are
 reordered), so the engine's weight memory is the file size. Three product paths:
 
-- integer path (CPUs with AVX512-VNNI, every format but Q2_K/Q3_K), at every batch size:
-  activations are rounded to 8 bits per 32 values, as llama.cpp does, and multiplied with the
-  weights' integer codes (kernel_int8.h). Each output is computed by the same instructions
+- integer path (CPUs with AVX512-VNNI or AVX2, every format but Q2_K/Q3_K), at every batch
+  size: activations are rounded to 8 bits per 32 values, as llama.cpp does, and multiplied with
+  the weights' integer codes (kernel_int8.h; kernel_int8_avx512.h with vpdpbusd,
+  kernel_int8_avx2.h with vpmaddubsw + vpmaddwd, blocks decoded in registers). Each output is computed by the same instructions
   whatever the batch, so batching never changes a request's tokens. Single-thread CPU time on
   the 2-core EPYC (2026-12-07, busy machine), integer path / float kernel at T=1 and integer
   path / dequantize + GEMM at larger T:
@@ -20,9 +21,12 @@ reordered), so the engine's weight memory is the file size. Three product paths:
     Gemma Q8_0 16384x640                T=16 5.8/5.8     T=64 20/19     T=512 183/163
     Gemma Q4_K 640x2048                 T=16 0.62/0.62   T=64 2.2/2.4   T=512 21/17
 
-- float kernel (T <= KERNEL_MAX_TOKENS, without VNNI): kernel_qmatmul.cpp decodes each weight
+  On the 2-core Zen 3 (AVX2 only) the AVX2 path is what runs; against its first version (rows
+  decoded to a buffer first) it took 0.5-0.96x the time at T=1-4 and the same at T=16-64.
+
+- float kernel (T <= KERNEL_MAX_TOKENS, without an integer path): kernel_qmatmul.cpp decodes each weight
   row to float32 once in L1 and multiplies it with every token, bit-identical to dequantize().
-- larger T without VNNI: the weight is decoded to float32 in tiles of TILE_BYTES and
+- larger T without an integer path: the weight is decoded to float32 in tiles of TILE_BYTES and
   multiplied with torch's GEMM. Float kernel / dequantize + GEMM, single-thread ms (EPYC):
 
     Gemma Q5_0 2048x640    T=1 0.2/1.9   T=8 0.6/1.1   T=16 1.4/0.9   T=32 2.6/2.2   T=64 4.9/4.0
