@@ -26,7 +26,7 @@ KERNEL_FORMATS = frozenset({_T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q8_0, _T.Q4_K
 
 _HERE = os.path.dirname(__file__)
 _EXTENSION = CompiledExtension("routegate_kernel_qmatmul", [os.path.join(_HERE, "kernel_qmatmul.cpp")],
-                               headers=[os.path.join(_HERE, h) for h in ("kernel_decode.h", "kernel_int8.h", "kernel_int8_avx2.h", "kernel_int8_avx512.h")])
+                               headers=[os.path.join(_HERE, h) for h in ("kernel_decode.h", "kernel_int8.h", "kernel_int8_avx2.h")])
 
 
 def available() -> bool:
@@ -41,7 +41,7 @@ def build_error() -> str | None:
 
 def int8_formats() -> frozenset[int]:
     """GGML types whose products run on the integer path (8-bit activations, integer dot
-    products: AVX512-VNNI or AVX2; see kernel_int8.h): empty without the kernels or on CPUs
+    products: CPUs with AVX2, using VNNI where present; see kernel_int8.h): empty without the kernels or on CPUs
     with neither."""
     if not available():
         return frozenset()

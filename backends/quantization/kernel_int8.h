@@ -1,21 +1,28 @@
 // The integer path of the k-quant kernels: 8-bit activations times the weights' integer codes,
-// the way llama.cpp multiplies. Included by kernel_qmatmul.cpp; this file holds what both builds
-// share (the activations), kernel_int8_avx512.h and kernel_int8_avx2.h the products:
-// - AVX512-VNNI: vpdpbusd, 64 unsigned-by-signed byte products summed into int32 a instruction;
+// the way llama.cpp multiplies. Included by kernel_qmatmul.cpp; this file holds the activations,
+// kernel_int8_avx2.h the products, on 256-bit registers with the byte dot product the CPU has:
+// - AVX512-VNNI (with VL) or AVX-VNNI: vpdpbusd, 32 unsigned-by-signed byte products summed
+//   four by four into int32 lanes in one instruction;
 // - AVX2: vpmaddubsw (32 byte products summed in pairs into int16), then vpmaddwd by ones.
+// Both give the same integers, so every x86 CPU with AVX2 computes the same logits.
+//
+// NOTE: AVX-512 CPUs run the 256-bit kernels too. An earlier 512-bit kernel (rows decoded 16 at
+// a time into a buffer, then vpdpbusd on zmm) measured, on the 2-core Zen 4 EPYC with both
+// models' matrices (2026-12-07), 1.6x slower than these at T=1 and 1.5x at T=4, 1.2x at T=8,
+// 0.8-1.03x at T=16 and 0.96-1.0x at T=512: decode is the memory-bound case that matters, and
+// one code path keeps batching from ever changing a request's logits.
 //
 // Weights: each block is decoded to bytes u with w = sw * u + ow, one (sw, ow) per 16 weights
 // (Q6_K's sub-blocks are 16 long, the others' 32 or 256):
-//     Q4_0 u = q, ow = -8d         Q4_1 u = q, ow = m          Q8_0 u = q + 128, ow = -128d
+//     Q4_0 u = q, ow = -8d         Q4_1 u = q, ow = m          Q8_0 u = q (signed), ow = 0
 //     Q5_0 u = q, ow = -16d        Q5_1 u = q, ow = m          Q6_K u = q, sw = d sc, ow = -32 d sc
 //     Q4_K/Q5_K u = q, sw = d sc, ow = -dmin m
-// (on AVX2, Q8_0's u is the signed code itself and ow = 0: see kernel_int8_avx2.h).
+// (Q8_0's signed codes are multiplied as |u| by sign(u) q: see kernel_int8_avx2.h).
 // Activations: each 32 values x are quantized as llama.cpp's Q8_0 does, q = round(x / s) with
 // s = max|x| / 127, so x ~ s q. Then per 16 weights
 //     sum w x ~ sw s sum(u q) + ow (s sum(q)),
-// the first sum exact in int32. The float-GEMM path of larger batches multiplies the same
-// quantized activations (fake_quantize: s q as floats) with the decoded weights, so both paths
-// compute the same products and differ only in float summation order.
+// the first sum exact in int32. fake_quantize (s q as floats) gives these same activations to
+// tests and to the float paths of CPUs without AVX2.
 
 #pragma once
 
@@ -29,12 +36,8 @@
 
 #include "kernel_decode.h"
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define RG_INT8_DOT 1
-#define RG_INT8_512 1
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define RG_INT8_DOT 1
-#define RG_INT8_256 1
 #endif
 
 namespace rg {
@@ -96,8 +99,6 @@ struct Q8Acts {
 
 }  // namespace rg
 
-#if defined(RG_INT8_512)
-#include "kernel_int8_avx512.h"
-#elif defined(RG_INT8_256)
+#ifdef RG_INT8_DOT
 #include "kernel_int8_avx2.h"
 #endif

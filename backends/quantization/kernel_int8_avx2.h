@@ -1,4 +1,5 @@
-// The AVX2 build of the integer path (see kernel_int8.h). Included by kernel_int8.h.
+// The products of the integer path on 256-bit registers (see kernel_int8.h), for every CPU with
+// AVX2; vpdpbusd replaces vpmaddubsw + vpmaddwd where the CPU has VNNI. Included by kernel_int8.h.
 //
 // A row is a sequence of 32-value chunks; each format's block() turns one block into its chunks
 // in registers: bytes u (the codes) and ws, the weight scale of each int32 lane (lanes 0-3 sum
@@ -177,6 +178,19 @@ inline float sum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
 }
 
+// Sums of four u8 x s8 products per int32 lane. With VNNI on 256-bit registers (AVX512-VNNI
+// with VL, or AVX-VNNI) one vpdpbusd; otherwise vpmaddubsw then vpmaddwd. Both are exact for
+// every format here (see the saturation note above), so they give the same results.
+inline __m256i dot_u8s8(__m256i u, __m256i q, [[maybe_unused]] __m256i ones) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, q);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones);
+#endif
+}
+
 // Per-token accumulators of TB tokens t0.. for one row; the arithmetic both drivers share.
 template <int TB, bool SIGNED>
 struct RowSums {
@@ -192,7 +206,7 @@ struct RowSums {
       const int64_t tk = t0 + t;
       __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + tk * a.Kp + 32 * c));
       if constexpr (SIGNED) q = _mm256_sign_epi8(q, u);
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(uu, q), ones);
+      const __m256i p = dot_u8s8(uu, q, ones);
       const __m256 s = _mm256_mul_ps(ws, _mm256_loadu_ps(a.sv + tk * (a.Kp / 4) + 8 * c));
       acc[c & 1][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[c & 1][t]);
     }
@@ -252,7 +266,7 @@ void rows_fused(const Q8Acts& a, int64_t t0, const uint8_t* W, float* y, int64_t
 // while the groups pass over it, instead of streaming the whole matrix from L3/DRAM per group.
 constexpr int64_t kTileBytes = 64 << 10;
 
-// One GGML type's integer path (Format::BS/TS and Format::rows), as in kernel_int8_avx512.h.
+// One GGML type's integer path: Format::BS/TS and Format::rows(...).
 template <typename F>
 struct Int8Format {
   static constexpr int BS = F::BS, TS = F::TS;

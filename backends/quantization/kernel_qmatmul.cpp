@@ -38,7 +38,7 @@ void with_format(int64_t ggml_type, F&& f) {
   }
 }
 
-// The GGML types the integer path multiplies on this build (none without AVX2 or AVX512-VNNI).
+// The GGML types the integer path multiplies on this build (none without AVX2).
 std::vector<int64_t> int8_formats() {
   if (!kInt8Dot) return {};
   return {2, 3, 6, 7, 8, 12, 13, 14};
@@ -97,7 +97,7 @@ at::Tensor qmatmul(at::Tensor x, at::Tensor blocks, int64_t ggml_type, int64_t K
     return y;
   }
 #else
-  TORCH_CHECK(!int8, "qmatmul: this build has no integer path (needs AVX2 or AVX512-VNNI)");
+  TORCH_CHECK(!int8, "qmatmul: this build has no integer path (needs AVX2)");
 #endif
   with_format(ggml_type, [&]<Decoder DECODE, int BS, int TS>() {
     check_blocks(blocks, BS, TS, K);
@@ -148,7 +148,7 @@ at::Tensor qmatmul_stacked(at::Tensor x, std::vector<at::Tensor> parts,
     return y;
   }
 #else
-  TORCH_CHECK(!int8, "qmatmul_stacked: this build has no integer path (needs AVX2 or AVX512-VNNI)");
+  TORCH_CHECK(!int8, "qmatmul_stacked: this build has no integer path (needs AVX2)");
 #endif
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t p = 0; p < P; ++p) {
