@@ -7,13 +7,13 @@
 The weights are the GGUF file's own block bytes (a view of its memory map where no rows are
 reordered), so the engine's weight memory is the file size. Three product paths:
 
-- integer path (CPUs with AVX512-VNNI or AVX2, every format but Q2_K/Q3_K), at every batch
-  size: activations are rounded to 8 bits per 32 values, as llama.cpp does, and multiplied with
-  the weights' integer codes (kernel_int8.h; kernel_int8_avx512.h with vpdpbusd,
-  kernel_int8_avx2.h with vpmaddubsw + vpmaddwd, blocks decoded in registers). Each output is computed by the same instructions
-  whatever the batch, so batching never changes a request's tokens. Single-thread CPU time on
-  the 2-core EPYC (2026-12-07, busy machine), integer path / float kernel at T=1 and integer
-  path / dequantize + GEMM at larger T:
+- integer path (x86 CPUs with AVX2, every format but Q2_K/Q3_K), at every batch size:
+  activations are rounded to 8 bits per 32 values, as llama.cpp does, and multiplied with the
+  weights' integer codes (kernel_int8.h, kernel_int8_avx2.h: blocks decoded in registers, byte
+  products by vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd). Each output is computed by the
+  same instructions whatever the batch, so batching never changes a request's tokens.
+  Single-thread CPU time on the 2-core EPYC (2026-12-07, busy machine, the earlier 512-bit
+  kernel), integer path / float kernel at T=1 and integer path / dequantize + GEMM at larger T:
 
     whole model at T=1 (all matrices)   SmolLM2 11.5 / 14.5 ms   Gemma 22.4 / 34.7 ms
     SmolLM2 Q4_1 3072x576               T=16 0.83/0.78   T=64 3.2/2.8   T=512 30/20
@@ -21,10 +21,13 @@ reordered), so the engine's weight memory is the file size. Three product paths:
     Gemma Q8_0 16384x640                T=16 5.8/5.8     T=64 20/19     T=512 183/163
     Gemma Q4_K 640x2048                 T=16 0.62/0.62   T=64 2.2/2.4   T=512 21/17
 
+  The 256-bit kernels then took 0.6x that kernel's time at T=1 (2 threads, every layer matrix
+  of both models: SmolLM2 4.45 vs 7.25 ms, Gemma 3.90 vs 6.31 ms), 0.6-0.7x at T=4 and about
+  the same at T=16-512 on the Zen 4 EPYC.
   On the 2-core Zen 3 (AVX2 only) the AVX2 path is what runs; against its first version (rows
   decoded to a buffer first) it took 0.5-0.96x the time at T=1-4 and the same at T=16-64.
 
-- float kernel (T <= KERNEL_MAX_TOKENS, without an integer path): kernel_qmatmul.cpp decodes each weight
+- float kernel (T <= KERNEL_MAX_TOKENS, CPUs without AVX2): kernel_qmatmul.cpp decodes each weight
   row to float32 once in L1 and multiplies it with every token, bit-identical to dequantize().
 - larger T without an integer path: the weight is decoded to float32 in tiles of TILE_BYTES and
   multiplied with torch's GEMM. Float kernel / dequantize + GEMM, single-thread ms (EPYC):
