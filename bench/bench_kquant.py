@@ -1,6 +1,6 @@
 """k-quant engine vs llama.cpp on the same GGUF files: prefill, decode, 16 concurrent, memory.
 
-    .venv/bin/python bench/bench_kquant.py                             # both bundled models, ~5 min
+    .venv/bin/python bench/bench_kquant.py                             # both bundled models, ~7 min
     .venv/bin/python bench/bench_kquant.py --models smollm2-135m --decode-tokens 32
     .venv/bin/python bench/bench_kquant.py --llama-server ~/llama.cpp/build/bin/llama-server
     .venv/bin/python bench/bench_kquant.py --kernels                   # block kernel vs dequant + GEMM
