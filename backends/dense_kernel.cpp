@@ -24,6 +24,8 @@
 #define RG_DENSE_SIMD 1
 #endif
 
+#include "dense_kernel_packed.h"
+
 namespace {
 
 constexpr int64_t ROWS = 4;  // weight rows per block
@@ -278,8 +280,48 @@ at::Tensor linear(const at::Tensor& x_in, const at::Tensor& w, const std::option
   return y;
 }
 
+bool packed_supported() {
+#if defined(RG_DENSE_PACKED)
+  return true;
+#else
+  return false;
+#endif
+}
+
+at::Tensor linear_packed(const at::Tensor& x_in, const at::Tensor& wp, const std::optional<at::Tensor>& bias_in,
+                         int64_t grain_bytes) {
+#if defined(RG_DENSE_PACKED)
+  TORCH_CHECK(wp.scalar_type() == at::kBFloat16 && wp.dim() == 4 && wp.is_contiguous() &&
+                  wp.size(2) == rg_packed::BLOCK_ROWS && wp.size(3) == 2,
+              "linear_packed: wp must be contiguous bfloat16 [N / 16, K / 2, 16, 2]");
+  const int64_t num_blocks = wp.size(0), K = 2 * wp.size(1), N = num_blocks * rg_packed::BLOCK_ROWS;
+  TORCH_CHECK(x_in.scalar_type() == at::kBFloat16 && x_in.dim() == 2 && x_in.size(1) == K,
+              "linear_packed: x must be bfloat16 [T, K] with K = ", K);
+  const auto x = x_in.contiguous();
+  at::Tensor bias;
+  if (bias_in.has_value() && bias_in->defined()) {
+    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, "bias must be [N]");
+    bias = bias_in->to(at::kFloat).contiguous();
+  }
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const int64_t T = x.size(0);
+  auto y = at::empty({T, N}, x.options());
+  if (T == 0) return y;
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* w = reinterpret_cast<const uint16_t*>(wp.data_ptr<at::BFloat16>());
+  at::BFloat16* yp = y.data_ptr<at::BFloat16>();
+  const int64_t grain = std::max<int64_t>(1, grain_bytes / (rg_packed::BLOCK_ROWS * K * 2));
+  at::parallel_for(0, num_blocks, grain, [&](int64_t b0, int64_t b1) { rg_packed::blocks(xp, w, b, yp, T, N, K, b0, b1); });
+  return y;
+#else
+  TORCH_CHECK(false, "linear_packed needs a CPU with AVX512_BF16");
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "x [T, K] W [N, K]^T (+ bias) for a few tokens, W bfloat16 or float32");
+  m.def("packed_supported", &packed_supported, "whether linear_packed runs on this build (AVX512_BF16)");
+  m.def("linear_packed", &linear_packed, "x [T, K] bf16 times weights packed as [N / 16, K / 2, 16, 2] (+ bias)");
 }

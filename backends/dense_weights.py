@@ -30,18 +30,35 @@ def stacked_bias(checkpoint: Checkpoint, names: list[str], rows: list[int],
 
 
 class DenseLinear(nn.Module):
-    """y = x W^T (+ b), with W [out, in] in the engine's dtype."""
+    """y = x W^T (+ b), with W [out, in] in the engine's dtype.
+
+    On CPUs with AVX512_BF16 a bfloat16 W is kept only in dense_kernel's packed layout (16-row
+    blocks: one stream per block, no horizontal sums; dense_kernel_packed.h has the measurements):
+    then `weight` is None and `packed` holds it (`dense_weight()` unpacks a copy)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.dtype = weight.dtype
         # Decided once (building the extension on first use), not per call on the decode path.
         self.use_kernel = (weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous()
                            and weight.device.type == "cpu" and dense_kernel.available())
+        self.packed = None
+        if self.use_kernel and dense_kernel.can_pack(weight):
+            self.packed = nn.Parameter(dense_kernel.pack(weight), requires_grad=False)
+            self.weight = None
+        else:
+            self.weight = nn.Parameter(weight, requires_grad=False)
+
+    def dense_weight(self) -> torch.Tensor:
+        """W [out, in] (unpacked: a copy when packed)."""
+        return dense_kernel.unpack(self.packed) if self.packed is not None else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.weight.dtype)
+        x = x.to(self.dtype)
+        if self.packed is not None:  # bfloat16 at every batch size, as below
+            rows = x.reshape(-1, x.shape[-1])
+            return dense_kernel.linear_packed(rows, self.packed, self.bias).view(*x.shape[:-1], -1)
         # bfloat16 takes the kernel at every batch size: each output is then computed the same way
         # whatever the batch, and with activations rounded to bfloat16 after every op, F.linear's
         # other summation order flipped tokens between a request alone and batched (the Redis
@@ -57,8 +74,15 @@ class DenseEmbedding(nn.Module):
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
+        self.packed = None
+
+    def share_packed(self, packed: torch.Tensor) -> None:
+        """Look rows up in a tied LM head's packed matrix instead of keeping a second copy."""
+        self.packed, self.weight = packed, None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return dense_kernel.packed_rows(self.packed, ids.reshape(-1)).view(*ids.shape, -1)
         return F.embedding(ids, self.weight)
 
 
@@ -71,6 +95,7 @@ class DenseWeights:
         self.checkpoint = checkpoint
         self.dtype = DTYPES[dtype]
         self._cache: dict[str, torch.Tensor] = {}
+        self._embeddings: dict[str, DenseEmbedding] = {}  # by tensor name, for tied LM heads
 
     def _matrix(self, name: str) -> torch.Tensor:
         if name not in self._cache:
@@ -84,7 +109,14 @@ class DenseWeights:
         bias = None
         if self.checkpoint.has(name + ".bias"):
             bias = self.checkpoint.dense(name + ".bias").to(self.dtype)
-        return DenseLinear(self._matrix(name + ".weight"), bias)
+        layer = DenseLinear(self._matrix(name + ".weight"), bias)
+        embedding = self._embeddings.get(name)
+        if embedding is not None and layer.packed is not None:
+            # A tied LM head packed its matrix: the embedding reads the packed copy, and the
+            # row-major one is freed (Gemma 3's 262k x 640 table is 320 MiB in bfloat16).
+            embedding.share_packed(layer.packed)
+            self._cache.pop(name + ".weight", None)
+        return layer
 
     def linears(self, names: list[str]) -> nn.Module:
         """One DenseLinear over the named matrices stacked by rows (outputs side by side); the
@@ -94,7 +126,8 @@ class DenseWeights:
         return DenseLinear(torch.cat(weights).contiguous(), bias)
 
     def embedding(self, name: str) -> nn.Module:
-        return DenseEmbedding(self._matrix(name + ".weight"))
+        self._embeddings[name] = DenseEmbedding(self._matrix(name + ".weight"))
+        return self._embeddings[name]
 
     def vector(self, name: str) -> torch.Tensor:
         return self.checkpoint.dense(name + ".weight")
