@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -28,6 +29,14 @@ using c10::BFloat16;
 
 template <typename T>
 inline float to_f(T v) { return static_cast<float>(v); }
+// The same value from the bits (a bfloat16 is a float32's high half): a shift the compiler
+// vectorizes, where c10's conversion kept the attention's dot products scalar.
+inline float to_f(BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 
 // Round a float to the activation type and back: the value a torch op would have stored.
 template <typename T>
@@ -213,6 +222,16 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache
   }
   auto out = at::empty_like(q);
   const float sc = static_cast<float>(scale);
+  const int64_t k_stride_block = k_cache.stride(0), k_stride_slot = k_cache.stride(1);
+  const int64_t v_stride_block = v_cache.stride(0), v_stride_slot = v_cache.stride(1);
+  // f(p, element offset of position p's slot) for p in [first, ctx), in order, through the table.
+  auto for_slots = [block_size](int64_t first, int64_t ctx, const int64_t* table, int64_t stride_block,
+                                int64_t stride_slot, auto&& f) {
+    for (int64_t j = first / block_size, p = first; p < ctx; ++j) {
+      const int64_t base = table[j] * stride_block, end = std::min(ctx, (j + 1) * block_size);
+      for (int64_t slot = p - j * block_size; p < end; ++p, ++slot) f(p, base + slot * stride_slot);
+    }
+  };
   dispatch(q, "decode_attention", [&]<typename T>(T) {
     const T* qp = q.data_ptr<T>();
     const T* kc = k_cache.data_ptr<T>();
@@ -229,23 +248,25 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache
         load(qp + i * D, D, qf.data());
         scores.resize(ctx - first);
         float best = -INFINITY;
-        for (int64_t p = first; p < ctx; ++p) {
-          const T* k = kc + tab[b * width + p / block_size] * k_cache.stride(0) + (p % block_size) * k_cache.stride(1) + kvh * D;
+        // Positions go block by block: a division per position (the block and the slot of p)
+        // cost more than its dot product.
+        for_slots(first, ctx, tab + b * width, k_stride_block, k_stride_slot, [&](int64_t p, int64_t offset) {
+          const T* k = kc + offset + kvh * D;
           float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
           for (int64_t d = 0; d < D; ++d) dot += qf[d] * to_f(k[d]);
           scores[p - first] = dot * sc;
           best = std::max(best, scores[p - first]);
-        }
+        });
         float total = 0.f;
         for (auto& s : scores) total += (s = std::exp(s - best));
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t p = first; p < ctx; ++p) {
-          const T* v = vc + tab[b * width + p / block_size] * v_cache.stride(0) + (p % block_size) * v_cache.stride(1) + kvh * D;
+        for_slots(first, ctx, tab + b * width, v_stride_block, v_stride_slot, [&](int64_t p, int64_t offset) {
+          const T* v = vc + offset + kvh * D;
           const float wgt = scores[p - first];
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) acc[d] += wgt * to_f(v[d]);
-        }
+        });
         const float inv = 1.f / total;
         for (int64_t d = 0; d < D; ++d) op[i * D + d] = static_cast<T>(acc[d] * inv);
       }
