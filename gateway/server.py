@@ -117,10 +117,17 @@ class GatewayServer:
     async def stop(self, grace: float | None = None) -> None:
         """Turn health NOT_SERVING, let in-flight calls finish for ``grace`` s, stop the engines."""
         grace = self.config.grace_period_s if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self.service is not None:
             self.service.draining = True
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        # New calls keep reaching the servicer, which refuses them with UNAVAILABLE (clients retry
+        # that, on another replica), until the generations in flight have ended; only then does
+        # gRPC stop, whose own refusal of new calls is CANCELLED, which clients do not retry.
+        while self.service is not None and self.service.num_pending > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await self._server.stop(max(0.0, deadline - loop.time()))
         if self._engine_loop is not None:
             await asyncio.to_thread(self._engine_loop.stop)
         if self._kv_tier_watch is not None:
