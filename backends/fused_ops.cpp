@@ -237,38 +237,52 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache
     const T* kc = k_cache.data_ptr<T>();
     const T* vc = v_cache.data_ptr<T>();
     T* op = out.data_ptr<T>();
-    // One task per (sequence, head); small contexts stay on the calling thread.
-    const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, work / B * D));
-    at::parallel_for(0, B * H, grain, [&](int64_t i0, int64_t i1) {
-      std::vector<float> qf(D), acc(D), scores;
+    // One task per (sequence, KV head): the query heads sharing a KV head (GQA) read each K and
+    // V row once. Each head's arithmetic is its own, in the same order as one head alone.
+    const int64_t G = H / KV;
+    const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, work / B * D * G));
+    at::parallel_for(0, B * KV, grain, [&](int64_t i0, int64_t i1) {
+      std::vector<float> qf(G * D), acc(G * D), scores, best(G), total(G);
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / H, h = i % H, kvh = h / (H / KV), ctx = lens[b];
+        const int64_t b = i / KV, kvh = i % KV, ctx = lens[b], h0 = b * H + kvh * G;
         // Only written slots are read: positions [first, ctx) of this sequence.
-        const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
-        load(qp + i * D, D, qf.data());
-        scores.resize(ctx - first);
-        float best = -INFINITY;
+        const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0, n = ctx - first;
+        for (int64_t g = 0; g < G; ++g) load(qp + (h0 + g) * D, D, qf.data() + g * D);
+        scores.resize(G * n);
+        std::fill(best.begin(), best.end(), -INFINITY);
         // Positions go block by block: a division per position (the block and the slot of p)
         // cost more than its dot product.
         for_slots(first, ctx, tab + b * width, k_stride_block, k_stride_slot, [&](int64_t p, int64_t offset) {
           const T* k = kc + offset + kvh * D;
-          float dot = 0.f;
+          for (int64_t g = 0; g < G; ++g) {
+            const float* qg = qf.data() + g * D;
+            float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-          for (int64_t d = 0; d < D; ++d) dot += qf[d] * to_f(k[d]);
-          scores[p - first] = dot * sc;
-          best = std::max(best, scores[p - first]);
+            for (int64_t d = 0; d < D; ++d) dot += qg[d] * to_f(k[d]);
+            float& s = scores[g * n + p - first];
+            s = dot * sc;
+            best[g] = std::max(best[g], s);
+          }
         });
-        float total = 0.f;
-        for (auto& s : scores) total += (s = std::exp(s - best));
+        for (int64_t g = 0; g < G; ++g) {
+          float t = 0.f;
+          for (int64_t j = 0; j < n; ++j) t += (scores[g * n + j] = std::exp(scores[g * n + j] - best[g]));
+          total[g] = t;
+        }
         std::fill(acc.begin(), acc.end(), 0.f);
         for_slots(first, ctx, tab + b * width, v_stride_block, v_stride_slot, [&](int64_t p, int64_t offset) {
           const T* v = vc + offset + kvh * D;
-          const float wgt = scores[p - first];
+          for (int64_t g = 0; g < G; ++g) {
+            const float wgt = scores[g * n + p - first];
+            float* ag = acc.data() + g * D;
 #pragma omp simd
-          for (int64_t d = 0; d < D; ++d) acc[d] += wgt * to_f(v[d]);
+            for (int64_t d = 0; d < D; ++d) ag[d] += wgt * to_f(v[d]);
+          }
         });
-        const float inv = 1.f / total;
-        for (int64_t d = 0; d < D; ++d) op[i * D + d] = static_cast<T>(acc[d] * inv);
+        for (int64_t g = 0; g < G; ++g) {
+          const float inv = 1.f / total[g];
+          for (int64_t d = 0; d < D; ++d) op[(h0 + g) * D + d] = static_cast<T>(acc[g * D + d] * inv);
+        }
       }
     });
   });
