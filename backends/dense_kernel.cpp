@@ -253,6 +253,13 @@ void run(const In* x, const In* w, const float* bias, Out* y, int64_t T, int64_t
   });
 }
 
+// The bias as float32 [N] (undefined when there is none), so the kernels add it to float32 sums.
+at::Tensor float_bias(const std::optional<at::Tensor>& bias, int64_t N) {
+  if (!bias.has_value() || !bias->defined()) return {};
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must be [N]");
+  return bias->to(at::kFloat).contiguous();
+}
+
 at::Tensor linear(const at::Tensor& x_in, const at::Tensor& w, const std::optional<at::Tensor>& bias_in,
                      int64_t grain_bytes) {
   TORCH_CHECK(x_in.device().is_cpu() && w.device().is_cpu(), "dense_kernel.linear runs on the CPU");
@@ -262,11 +269,7 @@ at::Tensor linear(const at::Tensor& x_in, const at::Tensor& w, const std::option
   TORCH_CHECK(x_in.scalar_type() == w.scalar_type(), "x must have W's dtype");
   const int64_t T = x_in.size(0), N = w.size(0), K = w.size(1);
   const auto x = x_in.contiguous();
-  at::Tensor bias;  // float32, so the kernel adds it to the float32 sums
-  if (bias_in.has_value() && bias_in->defined()) {
-    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, "bias must be [N]");
-    bias = bias_in->to(at::kFloat).contiguous();
-  }
+  const at::Tensor bias = float_bias(bias_in, N);
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
   auto y = at::empty({T, N}, w.options());
   if (T == 0 || N == 0) return y;
@@ -298,11 +301,7 @@ at::Tensor linear_packed(const at::Tensor& x_in, const at::Tensor& wp, const std
   TORCH_CHECK(x_in.scalar_type() == at::kBFloat16 && x_in.dim() == 2 && x_in.size(1) == K,
               "linear_packed: x must be bfloat16 [T, K] with K = ", K);
   const auto x = x_in.contiguous();
-  at::Tensor bias;
-  if (bias_in.has_value() && bias_in->defined()) {
-    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, "bias must be [N]");
-    bias = bias_in->to(at::kFloat).contiguous();
-  }
+  const at::Tensor bias = float_bias(bias_in, N);
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
   const int64_t T = x.size(0);
   auto y = at::empty({T, N}, x.options());

@@ -104,11 +104,11 @@ class OursBench:
 class LlamaCppBench:
     """llama-cpp-python on the same GGUF, 2 threads; the same measurements as OursBench."""
 
-    def __init__(self, name: str, prefill_tokens: int, decode_tokens: int, ids: list[int], prompt: list[int]) -> None:
+    def __init__(self, name: str, decode_tokens: int, ids: list[int], prompt: list[int]) -> None:
         from backends.llama_cpp_reference import load_llama_cpp  # weight repacking off: see its NOTE
 
         self.llm = load_llama_cpp(resolve_model_path(f"bundled:{name}"), n_threads=2, n_ctx=2048, n_batch=512)
-        self.ids, self.prompt, self.decode_tokens = ids[:prefill_tokens], prompt, decode_tokens
+        self.ids, self.prompt, self.decode_tokens = ids, prompt, decode_tokens
         self.llm.eval(ids[:32])  # warm-up
         self.llm.reset()
 
@@ -145,11 +145,8 @@ def compare(name: str, args) -> tuple[dict[str, float], dict[str, float]]:
     ours.prefill(), ours.decode()  # not counted: each side gets args.rounds timed rounds
     aggregate = ours.aggregate(args.concurrent)
     grown = ours.rss_grown()
-    from backends.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.from_gguf(resolve_model_path(f"bundled:{name}"))
-    llama = LlamaCppBench(name, args.prefill_tokens, args.decode_tokens, tokenizer.encode(TEXT),
-                          tokenizer.encode("The history of the lighthouse"))
+    # The same token ids as ours (our tokenizer equals llama.cpp's, tests/test_tokenizer.py).
+    llama = LlamaCppBench(name, args.decode_tokens, ours.ids, ours.prompt)
     best = {side: {"prefill": 0.0, "decode": 0.0} for side in ("ours", "llama")}
     for _ in range(args.rounds):
         for metric in ("prefill", "decode"):
