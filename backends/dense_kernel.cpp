@@ -25,6 +25,7 @@
 #endif
 
 #include "dense_kernel_packed.h"
+#include "dense_kernel_amx.h"
 
 namespace {
 
@@ -291,8 +292,17 @@ bool packed_supported() {
 #endif
 }
 
+// Whether linear_packed can run on AMX tiles here: built for AMX and granted by the OS.
+bool amx_supported() {
+#if defined(RG_DENSE_AMX)
+  return rg_amx::permitted();
+#else
+  return false;
+#endif
+}
+
 at::Tensor linear_packed(const at::Tensor& x_in, const at::Tensor& wp, const std::optional<at::Tensor>& bias_in,
-                         int64_t grain_bytes) {
+                         int64_t grain_bytes, bool amx) {
 #if defined(RG_DENSE_PACKED)
   TORCH_CHECK(wp.scalar_type() == at::kBFloat16 && wp.dim() == 4 && wp.is_contiguous() &&
                   wp.size(2) == rg_packed::BLOCK_ROWS && wp.size(3) == 2,
@@ -310,6 +320,12 @@ at::Tensor linear_packed(const at::Tensor& x_in, const at::Tensor& wp, const std
   const auto* w = reinterpret_cast<const uint16_t*>(wp.data_ptr<at::BFloat16>());
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
   const int64_t grain = std::max<int64_t>(1, grain_bytes / (rg_packed::BLOCK_ROWS * K * 2));
+#if defined(RG_DENSE_AMX)
+  if (amx && K % rg_amx::TILE_COLS == 0 && rg_amx::permitted()) {
+    at::parallel_for(0, num_blocks, grain, [&](int64_t b0, int64_t b1) { rg_amx::blocks(xp, w, b, yp, T, N, K, b0, b1); });
+    return y;
+  }
+#endif
   at::parallel_for(0, num_blocks, grain, [&](int64_t b0, int64_t b1) { rg_packed::blocks(xp, w, b, yp, T, N, K, b0, b1); });
   return y;
 #else
@@ -322,5 +338,7 @@ at::Tensor linear_packed(const at::Tensor& x_in, const at::Tensor& wp, const std
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "x [T, K] W [N, K]^T (+ bias) for a few tokens, W bfloat16 or float32");
   m.def("packed_supported", &packed_supported, "whether linear_packed runs on this build (AVX512_BF16)");
-  m.def("linear_packed", &linear_packed, "x [T, K] bf16 times weights packed as [N / 16, K / 2, 16, 2] (+ bias)");
+  m.def("amx_supported", &amx_supported, "whether linear_packed can use AMX tiles on this CPU");
+  m.def("linear_packed", &linear_packed,
+        "x [T, K] bf16 times weights packed as [N / 16, K / 2, 16, 2] (+ bias); amx: on AMX tiles when K % 32 == 0");
 }

@@ -62,7 +62,8 @@ from backends.compiled_extension import CompiledExtension
 
 _HERE = os.path.dirname(__file__)
 _EXTENSION = CompiledExtension("routegate_dense_kernel", [os.path.join(_HERE, "dense_kernel.cpp")],
-                               headers=[os.path.join(_HERE, "dense_kernel_packed.h")])
+                               headers=[os.path.join(_HERE, "dense_kernel_packed.h"),
+                                        os.path.join(_HERE, "dense_kernel_amx.h")])
 
 # Weight bytes below which one thread does the whole product: waking the second costs more.
 GRAIN_BYTES = 256 << 10
@@ -97,6 +98,20 @@ def packed_supported() -> bool:
     return available() and bool(_EXTENSION.module().packed_supported())
 
 
+def amx_supported() -> bool:
+    """True when packed products run on AMX tiles (dense_kernel_amx.h): the CPU has AMX_BF16, the
+    OS grants the tile state, and ROUTEGATE_NO_AMX is not 1. Decided once per process, so every
+    product of a process takes one path and a request's outputs never depend on its batch."""
+    global _AMX
+    if _AMX is None:
+        _AMX = (os.environ.get("ROUTEGATE_NO_AMX") != "1" and packed_supported()
+                and bool(_EXTENSION.module().amx_supported()))
+    return _AMX
+
+
+_AMX: bool | None = None
+
+
 def can_pack(weight: torch.Tensor) -> bool:
     return (weight.dtype == torch.bfloat16 and weight.dim() == 2 and weight.shape[0] % PACK_ROWS == 0
             and weight.shape[1] % 2 == 0 and weight.shape[0] > 0 and packed_supported())
@@ -120,6 +135,8 @@ def packed_rows(packed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
-                  grain_bytes: int = GRAIN_BYTES) -> torch.Tensor:
-    """x bfloat16 [T, K] times pack(W)^T (+ bias [N]) -> bfloat16 [T, N], summed in float32."""
-    return _EXTENSION.module().linear_packed(x, packed, bias, grain_bytes)
+                  grain_bytes: int = GRAIN_BYTES, amx: bool | None = None) -> torch.Tensor:
+    """x bfloat16 [T, K] times pack(W)^T (+ bias [N]) -> bfloat16 [T, N], summed in float32: on
+    AMX tiles when K % 32 == 0 and `amx` (default: amx_supported()), else with vdpbf16ps."""
+    use_amx = amx_supported() if amx is None else amx and amx_supported()
+    return _EXTENSION.module().linear_packed(x, packed, bias, grain_bytes, use_amx)

@@ -3,6 +3,10 @@ round trips, float64 agreement, batch invariance, DenseLinear's choice and the t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +18,9 @@ from tests.test_dense_kernel import check
 
 needs_packed = pytest.mark.skipif(not dense_kernel.packed_supported(),
                                   reason="packed bfloat16 product needs the dense kernel on an AVX512_BF16 CPU")
+# Both paths of linear_packed: vdpbf16ps (every AVX512_BF16 CPU) and AMX tiles (K % 32 == 0).
+paths = pytest.mark.parametrize("amx", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not dense_kernel.amx_supported(), reason="AMX tiles need an AMX_BF16 CPU (Sapphire Rapids or later)"))])
 
 
 def test_pack_layout_and_round_trip():
@@ -28,32 +35,46 @@ def test_pack_layout_and_round_trip():
 
 
 @needs_packed
-@pytest.mark.parametrize("shape", [(16, 2), (48, 40), (64, 576), (3072, 576), (576, 1536)])
-def test_matches_float64_for_every_token_count(shape):
+@paths
+@pytest.mark.parametrize("shape", [(16, 2), (48, 40), (64, 576), (3072, 576), (576, 1536), (32, 64)])
+def test_matches_float64_for_every_token_count(shape, amx):
     n, k = shape
     g = torch.Generator().manual_seed(n + k)
     w = torch.randn(n, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
     packed = dense_kernel.pack(w)
-    for t in (1, 2, 3, 4, 5, 8, 9, 13, 16, 17):
+    for t in (1, 2, 3, 4, 5, 8, 9, 13, 16, 17, 33, 48):
         x = torch.randn(t, k, generator=g).to(torch.bfloat16)
-        check(dense_kernel.linear_packed(x, packed), x, w, None)
-        check(dense_kernel.linear_packed(x, packed, bias), x, w, bias)
+        check(dense_kernel.linear_packed(x, packed, amx=amx), x, w, None)
+        check(dense_kernel.linear_packed(x, packed, bias, amx=amx), x, w, bias)
 
 
 @needs_packed
-def test_a_tokens_outputs_do_not_depend_on_the_batch():
-    """Token tiles of 8, 4 and 1 and the thread split give every token the same bits."""
+@paths
+def test_a_tokens_outputs_do_not_depend_on_the_batch(amx):
+    """Token tiles (8, 4 and 1 tokens; AMX: 16 and the rest), groups of blocks and the thread
+    split give every token the same bits."""
     g = torch.Generator().manual_seed(7)
-    w = torch.randn(1040, 640, generator=g).to(torch.bfloat16)
+    w = torch.randn(1040, 640, generator=g).to(torch.bfloat16)  # 65 blocks: 16 groups of 4 and 1
+    bias = torch.randn(1040, generator=g).to(torch.bfloat16)
     packed = dense_kernel.pack(w)
-    x = torch.randn(21, 640, generator=g).to(torch.bfloat16)
-    full = dense_kernel.linear_packed(x, packed)
-    for t in range(21):
-        assert torch.equal(dense_kernel.linear_packed(x[t:t + 1], packed), full[t:t + 1])
-    assert torch.equal(dense_kernel.linear_packed(x[3:15], packed), full[3:15])
-    assert torch.equal(dense_kernel.linear_packed(x, packed, grain_bytes=0),
-                       dense_kernel.linear_packed(x, packed, grain_bytes=1 << 40))
+    x = torch.randn(37, 640, generator=g).to(torch.bfloat16)
+    full = dense_kernel.linear_packed(x, packed, bias, amx=amx)
+    for t in range(37):
+        assert torch.equal(dense_kernel.linear_packed(x[t:t + 1], packed, bias, amx=amx), full[t:t + 1])
+    assert torch.equal(dense_kernel.linear_packed(x[3:15], packed, bias, amx=amx), full[3:15])
+    assert torch.equal(dense_kernel.linear_packed(x[5:], packed, bias, amx=amx), full[5:])
+    assert torch.equal(dense_kernel.linear_packed(x, packed, bias, grain_bytes=0, amx=amx),
+                       dense_kernel.linear_packed(x, packed, bias, grain_bytes=1 << 40, amx=amx))
+
+
+@needs_packed
+def test_amx_follows_the_environment_switch():
+    """ROUTEGATE_NO_AMX=1 keeps a process on vdpbf16ps; the choice is made once per process."""
+    code = "from backends import dense_kernel as d; print(d.amx_supported())"
+    env = {**os.environ, "ROUTEGATE_NO_AMX": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @needs_packed
