@@ -63,7 +63,7 @@ from backends.compiled_extension import CompiledExtension
 _HERE = os.path.dirname(__file__)
 _EXTENSION = CompiledExtension("routegate_dense_kernel", [os.path.join(_HERE, "dense_kernel.cpp")],
                                headers=[os.path.join(_HERE, "dense_kernel_packed.h"),
-                                        os.path.join(_HERE, "dense_kernel_amx.h")])
+                                        os.path.join(_HERE, "dense_kernel_amx.h"), os.path.join(_HERE, "amx_tiles.h")])
 
 # Weight bytes below which one thread does the whole product: waking the second costs more.
 GRAIN_BYTES = 256 << 10

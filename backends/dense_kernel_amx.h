@@ -19,11 +19,10 @@
 
 #pragma once
 
-#if defined(RG_DENSE_PACKED) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
-#define RG_DENSE_AMX 1
+#include "amx_tiles.h"
 
-#include <sys/syscall.h>
-#include <unistd.h>
+#if defined(RG_DENSE_PACKED) && defined(RG_AMX_TILES) && defined(__AMX_BF16__)
+#define RG_DENSE_AMX 1
 
 namespace rg_amx {
 
@@ -32,31 +31,13 @@ constexpr int64_t TILE_TOKENS = 16;  // tokens per A and C tile (AMX's maximum r
 constexpr int64_t TILE_ELEMS = TILE_COLS * rg_packed::BLOCK_ROWS;  // one B tile: 512 bfloat16
 constexpr int64_t BLOCKS = 4;        // packed blocks (C tiles) per pass: C 0-3, A 4, B 5 and 6
 
-// The tile configuration of ldtilecfg (palette 1): 64-byte rows everywhere; A and C tiles hold
-// `tokens` rows, B tiles 16 (column pairs).
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
+using rg_tiles::permitted;
 
-// Linux gives a process AMX's 8 KiB of tile state only once it asks for it (arch_prctl); torch's
-// oneDNN asks the same way. The answer holds for every thread of the process.
-inline bool permitted() {
-  static const bool granted = [] {
-    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-  }();
-  return granted;
-}
-
+// A and C tiles hold `tokens` rows, B tiles 16 (column pairs); 64 bytes a row everywhere.
 inline void configure(int tokens) {
-  TileConfig c{};
-  c.palette_id = 1;
-  for (int i = 0; i < 5; ++i) c.rows[i] = static_cast<uint8_t>(tokens), c.colsb[i] = 64;
-  for (int i = 5; i < 7; ++i) c.rows[i] = 16, c.colsb[i] = 64;
+  rg_tiles::TileConfig c;
+  for (int i = 0; i < 5; ++i) c.set(i, tokens, 64);
+  for (int i = 5; i < 7; ++i) c.set(i, 16, 64);
   _tile_loadconfig(&c);
 }
 

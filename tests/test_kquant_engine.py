@@ -146,6 +146,54 @@ def test_integer_path_on_rows_of_an_odd_number_of_64_value_chunks(fmt_name):
         assert _relative_error(y, F.linear(kernel_cpu.fake_quantize(x), weight)) < 1e-5
 
 
+INT8_FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("fmt_name", INT8_FORMATS)
+def test_integer_path_gives_a_token_the_same_bits_in_any_batch(fmt_name):
+    """Tiles of 16 and 8-15 tokens, fewer tokens without tiles (AMX path), 4-token groups (256-bit
+    path), 37 rows (a part panel) and any thread split: every token's outputs are bit-identical."""
+    ggml_type = GGMLQuantizationType[fmt_name]
+    if int(ggml_type) not in kernel_cpu.int8_formats():
+        pytest.skip("no integer path on this CPU")
+    cols = 512
+    blocks = _random_blocks(fmt_name, 37, cols, seed=11)
+    x = torch.randn(45, cols, generator=torch.Generator().manual_seed(4))
+    full = kernel_cpu.qmatmul(x, blocks, ggml_type, cols, True)
+    for a, b in [(0, 1), (44, 45), (3, 5), (0, 7), (1, 9), (0, 16), (2, 25), (9, 45), (5, 37)]:
+        assert torch.equal(kernel_cpu.qmatmul(x[a:b], blocks, ggml_type, cols, True), full[a:b]), (a, b)
+    weight = dequantize(blocks, ggml_type, (37, cols))
+    assert _relative_error(full, F.linear(kernel_cpu.fake_quantize(x), weight)) < 1e-5
+
+
+def test_amx_formats_and_the_switch_that_turns_them_off():
+    """On AMX CPUs every integer format but Q6_K (per-16 scales) runs on tiles; ROUTEGATE_NO_AMX=1
+    keeps a process on the 256-bit kernels, which agree with the same float reference."""
+    import subprocess
+    import sys
+
+    amx = kernel_cpu.int8_amx_formats()
+    assert amx <= kernel_cpu.int8_formats() and int(GGMLQuantizationType.Q6_K) not in amx
+    if amx:
+        assert amx == kernel_cpu.int8_formats() - {int(GGMLQuantizationType.Q6_K)}
+    code = """
+import torch, torch.nn.functional as F
+from gguf import GGMLQuantizationType
+from backends.quantization import dequantize, kernel_cpu
+from tests.test_kquant_engine import _random_blocks, _relative_error
+assert kernel_cpu.int8_amx_formats() == frozenset()
+blocks = _random_blocks("Q4_K", 32, 512, seed=12)
+x = torch.randn(20, 512, generator=torch.Generator().manual_seed(5))
+y = kernel_cpu.qmatmul(x, blocks, GGMLQuantizationType.Q4_K, 512, True)
+ref = F.linear(kernel_cpu.fake_quantize(x), dequantize(blocks, GGMLQuantizationType.Q4_K, (32, 512)))
+assert _relative_error(y, ref) < 1e-5
+print("ok")
+"""
+    env = {**os.environ, "ROUTEGATE_NO_AMX": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_embedding_decodes_the_requested_rows_only():
     blocks = _random_blocks("Q8_0", 1000, 64, seed=5)
     matrix = BlockMatrix(blocks, GGMLQuantizationType.Q8_0, 1000, 64)

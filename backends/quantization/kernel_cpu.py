@@ -26,7 +26,9 @@ KERNEL_FORMATS = frozenset({_T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q8_0, _T.Q4_K
 
 _HERE = os.path.dirname(__file__)
 _EXTENSION = CompiledExtension("routegate_kernel_qmatmul", [os.path.join(_HERE, "kernel_qmatmul.cpp")],
-                               headers=[os.path.join(_HERE, h) for h in ("kernel_decode.h", "kernel_int8.h", "kernel_int8_avx2.h")])
+                               headers=[*(os.path.join(_HERE, h) for h in ("kernel_decode.h", "kernel_int8.h", "kernel_int8_avx2.h",
+                                                                    "kernel_int8_amx.h")),
+                                        os.path.join(_HERE, "..", "amx_tiles.h")])
 
 
 def available() -> bool:
@@ -46,6 +48,14 @@ def int8_formats() -> frozenset[int]:
     if not available():
         return frozenset()
     return frozenset(int(t) for t in _EXTENSION.module().int8_formats())
+
+
+def int8_amx_formats() -> frozenset[int]:
+    """GGML types whose integer path runs on AMX tiles in this process (kernel_int8_amx.h: CPUs
+    with AMX_INT8, the OS granting the tiles, ROUTEGATE_NO_AMX not 1; every int8 format but Q6_K)."""
+    if not available():
+        return frozenset()
+    return frozenset(int(t) for t in _EXTENSION.module().int8_amx_formats())
 
 
 def qmatmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int,

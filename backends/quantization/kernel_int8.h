@@ -10,7 +10,9 @@
 // a time into a buffer, then vpdpbusd on zmm) measured, on the 2-core Zen 4 EPYC with both
 // models' matrices (2026-12-07), 1.6x slower than these at T=1 and 1.5x at T=4, 1.2x at T=8,
 // 0.8-1.03x at T=16 and 0.96-1.0x at T=512: decode is the memory-bound case that matters, and
-// one code path keeps batching from ever changing a request's logits.
+// one code path keeps batching from ever changing a request's logits. On CPUs with AMX_INT8
+// the formats with one scale per 32 values run on tiles instead (kernel_int8_amx.h), at every
+// batch size, with the same integer sums and their own fixed float order.
 //
 // Weights: each block is decoded to bytes u with w = sw * u + ow, one (sw, ow) per 16 weights
 // (Q6_K's sub-blocks are 16 long, the others' 32 or 256):

@@ -181,10 +181,24 @@ at::Tensor dequantize(at::Tensor blocks, int64_t ggml_type, int64_t K) {
 
 }  // namespace
 
+// GGML types whose integer path runs on AMX tiles in this process (kernel_int8_amx.h).
+std::vector<int64_t> int8_amx_formats() {
+  std::vector<int64_t> out;
+#if defined(RG_INT8_AMX)
+  if (rg::amx8::enabled())
+    for (const int64_t t : int8_formats())
+      with_int8_format(t, [&]<typename Format>() {
+        if (Format::AMX) out.push_back(t);
+      });
+#endif
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qmatmul", &qmatmul, "x [T, K] @ dequantize(blocks)^T from GGML block bytes (int8: 8-bit activations)");
   m.def("qmatmul_stacked", &qmatmul_stacked, "x [T, K] @ [W_1; W_2; ...]^T, one output [T, sum N_i]");
   m.def("fake_quantize", &fake_quantize, "x [T, K] -> the 8-bit activations of the integer path, as floats");
   m.def("int8_formats", &int8_formats, "GGML types with an integer path on this build");
+  m.def("int8_amx_formats", &int8_amx_formats, "GGML types whose integer path runs on AMX tiles here");
   m.def("dequantize", &dequantize, "GGML block bytes [N, row_bytes] -> float32 [N, K]");
 }

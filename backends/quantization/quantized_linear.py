@@ -26,6 +26,14 @@ reordered), so the engine's weight memory is the file size. Three product paths:
   the same at T=16-512 on the Zen 4 EPYC.
   On the 2-core Zen 3 (AVX2 only) the AVX2 path is what runs; against its first version (rows
   decoded to a buffer first) it took 0.5-0.96x the time at T=1-4 and the same at T=16-64.
+  On CPUs with AMX_INT8 the same integer sums come from AMX tiles (kernel_int8_amx.h) for every
+  format but Q6_K; on the 2-core Xeon, 2 threads, weights from DRAM (2026-12-08), us per product,
+  tiles / 256-bit kernels:
+
+    SmolLM2 Q4_1 576x1536               T=1 57/58     T=16 203/313
+    SmolLM2 Q8_0 49152x576 (LM head)    T=1 2051/2192 T=16 4434/7691
+    Gemma Q5_0 2048x640                 T=1 79/88     T=16 250/428
+    Gemma Q4_K 640x2048                 T=1 77/80     T=16 285/461
 
 - float kernel (T <= KERNEL_MAX_TOKENS, CPUs without AVX2): kernel_qmatmul.cpp decodes each weight
   row to float32 once in L1 and multiplies it with every token, bit-identical to dequantize().
