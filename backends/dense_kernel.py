@@ -8,7 +8,15 @@ On CPUs with AVX512_BF16, bfloat16 weights whose rows come in multiples of 16 ar
 once at load (pack(): 16-row blocks, two columns at a time) and multiplied by linear_packed():
 one sequential stream per block, each token's 16 outputs in one register, no horizontal sums
 (dense_kernel_packed.h). On the Zen 4 EPYC that took SmolLM2's bfloat16 step at 16 concurrent
-requests from 303 to 370 tok/s (2026-12-07). The table below is the row-major kernel.
+requests from 303 to 370 tok/s (2026-12-07). On CPUs with AMX-BF16 the packed weights go
+straight into AMX tiles instead (dense_kernel_amx.h: the packed block is AMX's B operand as it
+lies); on the 2-core Xeon, 2 threads, weights from DRAM, ms per call, AMX / vdpbf16ps / F.linear:
+
+    SmolLM2 qkv 960x576       T=1 0.052/0.064/0.133  T=16 0.052/0.267/0.135  T=512 0.40/3.24/0.41
+    SmolLM2 gate_up 3072x576  T=1 0.151/0.195/0.322  T=16 0.154/0.821/0.350  T=512 1.20/10.2/1.17
+    SmolLM2 lm_head 49152x576 T=1 2.19/2.34/4.19     T=16 2.30/11.1/4.63     T=512 41.2/178/36.4
+
+The table below is the row-major kernel.
 
 Built on first use like the other kernels (compiled_extension.py); without a compiler, or with
 ROUTEGATE_NO_KERNELS=1 or ROUTEGATE_NO_DENSE_KERNEL=1, DenseLinear keeps F.linear.

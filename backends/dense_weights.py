@@ -33,7 +33,8 @@ class DenseLinear(nn.Module):
     """y = x W^T (+ b), with W [out, in] in the engine's dtype.
 
     On CPUs with AVX512_BF16 a bfloat16 W is kept only in dense_kernel's packed layout (16-row
-    blocks: one stream per block, no horizontal sums; dense_kernel_packed.h has the measurements):
+    blocks: one stream per block, no horizontal sums; multiplied on AMX tiles where the CPU has
+    AMX-BF16; dense_kernel_packed.h and dense_kernel_amx.h have the measurements):
     then `weight` is None and `packed` holds it (`dense_weight()` unpacks a copy)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
