@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace rg_tiles {
 
@@ -35,6 +37,17 @@ inline bool permitted() {
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
   }();
   return granted;
+}
+
+// Whether AMX kernels run in this process: the OS grants the tiles and ROUTEGATE_NO_AMX is not 1.
+// Read once, so every product of a process takes one path (a request's outputs never depend on
+// its batch).
+inline bool enabled() {
+  static const bool on = [] {
+    const char* off = std::getenv("ROUTEGATE_NO_AMX");
+    return !(off && std::strcmp(off, "1") == 0) && permitted();
+  }();
+  return on;
 }
 
 }  // namespace rg_tiles

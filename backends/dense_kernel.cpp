@@ -292,10 +292,11 @@ bool packed_supported() {
 #endif
 }
 
-// Whether linear_packed can run on AMX tiles here: built for AMX and granted by the OS.
+// Whether linear_packed runs on AMX tiles here: built for AMX, granted by the OS, not switched
+// off by ROUTEGATE_NO_AMX=1.
 bool amx_supported() {
 #if defined(RG_DENSE_AMX)
-  return rg_amx::permitted();
+  return rg_tiles::enabled();
 #else
   return false;
 #endif
@@ -321,7 +322,7 @@ at::Tensor linear_packed(const at::Tensor& x_in, const at::Tensor& wp, const std
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
   const int64_t grain = std::max<int64_t>(1, grain_bytes / (rg_packed::BLOCK_ROWS * K * 2));
 #if defined(RG_DENSE_AMX)
-  if (amx && K % rg_amx::TILE_COLS == 0 && rg_amx::permitted()) {
+  if (amx && K % rg_amx::TILE_COLS == 0 && rg_tiles::enabled()) {
     at::parallel_for(0, num_blocks, grain, [&](int64_t b0, int64_t b1) { rg_amx::blocks(xp, w, b, yp, T, N, K, b0, b1); });
     return y;
   }

@@ -62,6 +62,7 @@ were dominated by other processes holding the second core and are not in the tab
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -106,18 +107,12 @@ def packed_supported() -> bool:
     return available() and bool(_EXTENSION.module().packed_supported())
 
 
+@functools.cache  # fixed for the process (the kernel reads the switch once); linear_packed asks per call
 def amx_supported() -> bool:
     """True when packed products run on AMX tiles (dense_kernel_amx.h): the CPU has AMX_BF16, the
     OS grants the tile state, and ROUTEGATE_NO_AMX is not 1. Decided once per process, so every
     product of a process takes one path and a request's outputs never depend on its batch."""
-    global _AMX
-    if _AMX is None:
-        _AMX = (os.environ.get("ROUTEGATE_NO_AMX") != "1" and packed_supported()
-                and bool(_EXTENSION.module().amx_supported()))
-    return _AMX
-
-
-_AMX: bool | None = None
+    return packed_supported() and bool(_EXTENSION.module().amx_supported())
 
 
 def can_pack(weight: torch.Tensor) -> bool:

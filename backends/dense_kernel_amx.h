@@ -31,8 +31,6 @@ constexpr int64_t TILE_TOKENS = 16;  // tokens per A and C tile (AMX's maximum r
 constexpr int64_t TILE_ELEMS = TILE_COLS * rg_packed::BLOCK_ROWS;  // one B tile: 512 bfloat16
 constexpr int64_t BLOCKS = 4;        // packed blocks (C tiles) per pass: C 0-3, A 4, B 5 and 6
 
-using rg_tiles::permitted;
-
 // A and C tiles hold `tokens` rows, B tiles 16 (column pairs); 64 bytes a row everywhere.
 inline void configure(int tokens) {
   rg_tiles::TileConfig c;

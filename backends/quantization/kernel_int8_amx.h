@@ -4,15 +4,17 @@
 // The 256-bit kernels re-decode each row for every group of four tokens and spend about five
 // instructions per 32 weights per token, so at 16 tokens they do four times the decoding and
 // sixteen times the multiply work of one token. Here each panel of 16 rows is decoded once per
-// call (the same F::block as theirs) into AMX's B layout, 32 values x 16 rows per tile, and one
-// tdpbsud (tdpbssd for Q8_0's signed codes) multiplies a tile of up to 16 tokens' 8-bit
-// activations by it into exact int32 sums. Each (token, row, 32-value chunk) sum is then scaled
-// in float32, s * sw * isum, and the per-16 offsets add ow . (s sum q) at the end, as in
-// kernel_int8.h's formula. Every token's outputs are the same arithmetic in the same order
-// whatever T, the token tiling or the row split, so batching never changes a request's logits;
-// they differ from the 256-bit kernels' in the order of float32 additions only (those sum four
-// products per lane first), so one process uses one path for every product: AMX where the CPU
-// and the OS allow it, unless ROUTEGATE_NO_AMX=1.
+// call (the same F::block as theirs) into its codes, which are AMX's A operand as they lie (16
+// rows x 32 codes a tile), and one tdpbusd (tdpbssd for Q8_0's signed codes) multiplies them by
+// a tile of 8-16 tokens' 8-bit activations (transposed once per call) into exact int32 sums;
+// fewer tokens take byte dot products on the decoded rows, their lanes summed to the same
+// integers. Each (token, row, 32-value chunk) sum is then scaled in float32, s * sw * isum, and
+// the per-16 offsets add ow . (s sum q) at the end, as in kernel_int8.h's formula. Every token's
+// outputs are the same arithmetic in the same order whatever T, the token tiling or the row
+// split, so batching never changes a request's logits; they differ from the 256-bit kernels' in
+// the order of float32 additions only (those sum four products per lane first), so one process
+// uses one path for every product: AMX where the CPU and the OS allow it, unless
+// ROUTEGATE_NO_AMX=1 (rg_tiles::enabled()).
 
 #pragma once
 
@@ -21,7 +23,6 @@
 #if defined(RG_AMX_TILES) && defined(__AMX_INT8__) && defined(__AVX512F__)
 #define RG_INT8_AMX 1
 
-#include <cstdlib>
 #include <type_traits>
 
 namespace rg {
@@ -33,12 +34,15 @@ constexpr int CHUNK = 32;   // values per A and B tile (bytes of an A row)
 template <typename F>
 constexpr bool kSupported = !std::is_same_v<F, avx2::Q6_K>;  // Q6_K's scales are per 16 values
 
-inline bool enabled() {
-  static const bool on = [] {
-    const char* off = std::getenv("ROUTEGATE_NO_AMX");
-    return !(off && std::string(off) == "1") && rg_tiles::permitted();
-  }();
-  return on;
+// Tokens below this many take byte dot products (panel_few: no tile costs), the rest tiles.
+constexpr int FEW = 8;
+
+inline bool enabled() { return rg_tiles::enabled(); }
+
+// Lane i = i * stride: the offsets of a 16-lane gather or scatter.
+inline __m512i lane_offsets(int64_t stride) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(static_cast<int>(stride)));
 }
 
 // Tiles: 0 = C (16 rows x tokens int32), 1 = A (16 rows x 32 weight codes, as decoded), 2 = B
@@ -57,10 +61,10 @@ struct Panel {
   std::vector<float> sw;       // [K / 32][16]: the weight scale of each row's chunk
   std::vector<float> ow;       // [K / 16][16]: each row's offsets
   std::vector<float> ow_row;   // [K / 16]: one row's offsets (scratch)
-  std::vector<int32_t> scratch;  // panel_few's lane sums and chunk sums
+  std::vector<int32_t> scratch;  // panel_few's lane sums [FEW][chunks][8] and chunk sums [FEW][16][chunks]
   void resize(int64_t K) {
     codes.resize(ROWS * K);
-    scratch.resize(8 * (K / CHUNK) * (8 + ROWS));
+    scratch.resize(FEW * (K / CHUNK) * (8 + ROWS));
     sw.resize(K / CHUNK * ROWS);
     ow.resize(K / 16 * ROWS);
     ow_row.resize(K / 16);
@@ -87,30 +91,54 @@ struct Tokens {
   }
 };
 
-template <typename F>
-void decode_panel(const uint8_t* W, int64_t row_bytes, int64_t n0, int nr, int64_t K, Panel& p) {
+// Decodes the panel's rows [n0, n0 + nr): chunk(r, c, u) with each row's 32-value chunk of codes,
+// then row_done(r), and the weight scales and offsets into p.sw and p.ow; rows past nr get zero
+// scales and offsets, and pad(r). Rows are prefetched ahead (kernel_int8_avx2.h).
+template <typename F, typename Chunk, typename RowDone, typename Pad>
+__attribute__((always_inline)) inline void decode_rows(const uint8_t* W, int64_t row_bytes, int64_t n0, int nr,
+                                                       int64_t K, Panel& p, Chunk&& chunk, RowDone&& row_done,
+                                                       Pad&& pad) {
   const int64_t chunks = K / CHUNK, groups = K / 16, num_blocks = K / F::BS;
+  // Raw pointers: stores through the vectors' data would otherwise make the compiler reload
+  // every vector's data pointer from the (thread-local) panel after each store.
+  float* __restrict sw = p.sw.data();
+  float* __restrict ow = p.ow.data();
+  float* __restrict ow_row = p.ow_row.data();
   for (int r = 0; r < ROWS; ++r) {
-    uint8_t* codes = p.codes.data() + r * K;
     if (r >= nr) {
-      std::memset(codes, 0, K);
-      for (int64_t c = 0; c < chunks; ++c) p.sw[c * ROWS + r] = 0.0f;
-      for (int64_t g = 0; g < groups; ++g) p.ow[g * ROWS + r] = 0.0f;
+      for (int64_t c = 0; c < chunks; ++c) sw[c * ROWS + r] = 0.0f;
+      for (int64_t g = 0; g < groups; ++g) ow[g * ROWS + r] = 0.0f;
+      pad(r);
       continue;
     }
     const uint8_t* row = W + (n0 + r) * row_bytes;
-    avx2::prefetch_row(row, row_bytes);
+    // The loop of avx2::prefetch_row, written out: called from here (GCC 12, the lambdas
+    // inlined into this function) the prefetches were dropped, and T = 1 fell back to ~5 GB/s.
+    for (int64_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(row + avx2::kPrefetchBytes + o, 0, 3);
     for (int64_t blk = 0; blk < num_blocks; ++blk) {
       const int64_t c0 = blk * (F::BS / CHUNK);
-      F::block(row + blk * F::TS, p.ow_row.data() + blk * (F::BS / 16),
+      F::block(row + blk * F::TS, ow_row + blk * (F::BS / 16),
                [&](int j, __m256i u, __m256 ws) __attribute__((always_inline)) {
-                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + CHUNK * (c0 + j)), u);
-                 p.sw[(c0 + j) * ROWS + r] = _mm256_cvtss_f32(ws);  // one scale for the 32 values
+                 chunk(r, c0 + j, u);
+                 sw[(c0 + j) * ROWS + r] = _mm256_cvtss_f32(ws);  // one scale for the 32 values
                });
     }
+    row_done(r);
     if constexpr (!F::SIGNED)
-      for (int64_t g = 0; g < groups; ++g) p.ow[g * ROWS + r] = p.ow_row[g];
+      for (int64_t g = 0; g < groups; ++g) ow[g * ROWS + r] = ow_row[g];
   }
+}
+
+// The panel's codes for the tiles (panel_many).
+template <typename F>
+void decode_panel(const uint8_t* W, int64_t row_bytes, int64_t n0, int nr, int64_t K, Panel& p) {
+  uint8_t* __restrict codes = p.codes.data();
+  decode_rows<F>(
+      W, row_bytes, n0, nr, K, p,
+      [&](int r, int64_t c, __m256i u) __attribute__((always_inline)) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + r * K + CHUNK * c), u);
+      },
+      [](int) {}, [&](int r) { std::memset(codes + r * K, 0, K); });
 }
 
 // isum (16 rows x tt tokens, exact) of chunk c into C (tile 0).
@@ -125,11 +153,6 @@ inline void chunk_sums(const Panel& p, const Tokens& x, int64_t K, int64_t c) {
     _tile_dpbusd(0, 1, 2);
 }
 
-// One token (T = 1, decode): each (row, chunk) sum from one 256-bit byte dot product, its eight
-// int32 lanes then added (exactly: the same integer a tile gives), as a vector over 16 rows. A
-// tile's fixed cost per chunk (zero, two loads, tdpbusd, store, in series) made one token 1.5-2.8x
-// slower on tiles than this. y[t0, n0 .. n0 + nr).
-//
 // The eight lanes of each of eight vectors summed: lane i of the result is the sum of v[i]'s
 // lanes (int32, exact).
 inline __m256i sum_lanes8(const __m256i* p) {
@@ -148,56 +171,47 @@ inline int32_t sum_lanes(__m256i d) {
   return _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 1)));
 }
 
+// 1 to 7 tokens (decode): each (token, row, chunk) sum from one 256-bit byte dot product on the
+// decoded row, its eight int32 lanes then added (exactly: the same integer a tile gives), as a
+// vector over 16 rows. A tile's fixed cost per chunk (zero, two loads, tdpbusd, store, in series)
+// made one token 1.5-2.8x slower on tiles than this. y[t0 + t, n0 .. n0 + nr).
 template <typename F, int TT>
 void panel_few(const Q8Acts& a, int64_t t0, const uint8_t* W, int64_t row_bytes, int64_t n0, int nr, Panel& p,
                float* y, int64_t N) {
-  const int64_t K = a.K, chunks = K / CHUNK, groups = K / 16, num_blocks = K / F::BS;
+  const int64_t K = a.K, chunks = K / CHUNK, groups = K / 16;
   const __m256i ones = _mm256_set1_epi16(1);
-  // Raw pointers: stores through the vectors' data would otherwise make the compiler reload
-  // every vector's data pointer from the (thread-local) panel after each store.
   __m256i* __restrict lanes = reinterpret_cast<__m256i*>(p.scratch.data());  // [TT][chunks] of 8 lanes
   int32_t* __restrict isum = p.scratch.data() + TT * chunks * 8;              // [TT][16][chunks]
-  float* __restrict sw = p.sw.data();
-  float* __restrict ow = p.ow.data();
-  float* __restrict ow_row = p.ow_row.data();
   const int8_t* q[TT];
   for (int t = 0; t < TT; ++t) q[t] = a.q + (t0 + t) * a.Kp;
-  for (int r = 0; r < ROWS; ++r) {
-    if (r >= nr) {
-      for (int t = 0; t < TT; ++t) std::fill_n(isum + (t * ROWS + r) * chunks, chunks, 0);
-      for (int64_t c = 0; c < chunks; ++c) sw[c * ROWS + r] = 0.0f;
-      for (int64_t g = 0; g < groups; ++g) ow[g * ROWS + r] = 0.0f;
-      continue;
-    }
-    const uint8_t* row = W + (n0 + r) * row_bytes;
-    avx2::prefetch_row(row, row_bytes);
-    for (int64_t blk = 0; blk < num_blocks; ++blk) {
-      const int64_t c0 = blk * (F::BS / CHUNK);
-      F::block(row + blk * F::TS, ow_row + blk * (F::BS / 16),
-               [&](int j, __m256i u, __m256 ws) __attribute__((always_inline)) {
-                 const int64_t c = c0 + j;
-                 const __m256i uu = F::SIGNED ? _mm256_sign_epi8(u, u) : u;
-#pragma GCC unroll 8
-                 for (int t = 0; t < TT; ++t) {
-                   __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[t] + CHUNK * c));
-                   if constexpr (F::SIGNED) x = _mm256_sign_epi8(x, u);
-                   _mm256_storeu_si256(lanes + t * chunks + c, avx2::dot_u8s8(uu, x, ones));
-                 }
-                 sw[c * ROWS + r] = _mm256_cvtss_f32(ws);
-               });
-    }
+  auto row_sums = [&](int r) {  // a decoded row's lanes -> its chunk sums
     for (int t = 0; t < TT; ++t) {
-      int32_t* row_sums = isum + (t * ROWS + r) * chunks;
+      int32_t* sums = isum + (t * ROWS + r) * chunks;
       const __m256i* l = lanes + t * chunks;
       int64_t c = 0;
-      for (; c + 8 <= chunks; c += 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(row_sums + c), sum_lanes8(l + c));
-      for (; c < chunks; ++c) row_sums[c] = sum_lanes(_mm256_loadu_si256(l + c));
+      for (; c + 8 <= chunks; c += 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + c), sum_lanes8(l + c));
+      for (; c < chunks; ++c) sums[c] = sum_lanes(_mm256_loadu_si256(l + c));
     }
-    if constexpr (!F::SIGNED)
-      for (int64_t g = 0; g < groups; ++g) ow[g * ROWS + r] = ow_row[g];
-  }
-  const __m512i by_row = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(static_cast<int>(chunks)));
+  };
+  decode_rows<F>(
+      W, row_bytes, n0, nr, K, p,
+      // By value: through captured references the compiler reloads q and lanes after every store.
+      [=](int, int64_t c, __m256i u) __attribute__((always_inline)) {
+        const __m256i uu = F::SIGNED ? _mm256_sign_epi8(u, u) : u;
+#pragma GCC unroll 8
+        for (int t = 0; t < TT; ++t) {
+          __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[t] + CHUNK * c));
+          if constexpr (F::SIGNED) x = _mm256_sign_epi8(x, u);
+          _mm256_storeu_si256(lanes + t * chunks + c, avx2::dot_u8s8(uu, x, ones));
+        }
+      },
+      row_sums,
+      [&](int r) {
+        for (int t = 0; t < TT; ++t) std::fill_n(isum + (t * ROWS + r) * chunks, chunks, 0);
+      });
+  const __m512i by_row = lane_offsets(chunks);
+  const float* sw = p.sw.data();
+  const float* ow = p.ow.data();
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1u);
   for (int t = 0; t < TT; ++t) {
     const int32_t* sums_t = isum + t * ROWS * chunks;
@@ -214,9 +228,6 @@ void panel_few(const Q8Acts& a, int64_t t0, const uint8_t* W, int64_t row_bytes,
   }
 }
 
-// Tokens below this many go through panel_few (no tile costs), the rest through tiles.
-constexpr int FEW = 8;
-
 template <typename F, int TT = FEW - 1>
 void few(int tt, const Q8Acts& a, int64_t t0, const uint8_t* W, int64_t row_bytes, int64_t n0, int nr, Panel& p,
          float* y, int64_t N) {
@@ -226,7 +237,7 @@ void few(int tt, const Q8Acts& a, int64_t t0, const uint8_t* W, int64_t row_byte
   }
 }
 
-// 2 to 16 tokens on tiles: sums as a vector over the tokens, one accumulator per row; each
+// 8 to 16 tokens on tiles: sums as a vector over the tokens, one accumulator per row; each
 // (token, row) takes exactly panel_few's float operations in its order. y[t0 + t, n0 + r] = acc[r][t].
 template <bool SIGNED>
 void panel_many(const Panel& p, const Tokens& x, int64_t K, float* y, int64_t N, int tt, int nr) {
@@ -250,8 +261,7 @@ void panel_many(const Panel& p, const Tokens& x, int64_t K, float* y, int64_t N,
 #pragma GCC unroll 16
       for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(ow[r]), sums_g, acc[r]);
     }
-  const __m512i offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                             _mm512_set1_epi32(static_cast<int>(N)));
+  const __m512i offsets = lane_offsets(N);
   const __mmask16 tokens = static_cast<__mmask16>((1u << tt) - 1u);
   for (int r = 0; r < nr; ++r) _mm512_mask_i32scatter_ps(y + r, tokens, offsets, acc[r], 4);
 }
